@@ -1,0 +1,304 @@
+"""Model bundles: a folder with ``bundle.json`` and a plain state dict, validated on load.
+
+A bundle never contains code: weights are loaded with ``torch.load(weights_only=True)`` and
+the metadata is checked against a versioned schema before anything is built from it. Reading
+the metadata alone (``read_meta``) does not import torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from georaster_quant import __version__
+from georaster_quant.errors import BundleError
+from georaster_quant.io import atomic_path
+
+if TYPE_CHECKING:
+    from georaster_quant.model import GeoRasterCNN
+
+SCHEMA_VERSION = 1
+BUNDLE_KIND = "georaster_quant.bundle"
+META_FILE = "bundle.json"
+WEIGHTS_FILE = "weights.pt"
+QUANT_TYPES = ("fp32", "fp16", "dynamic_int8", "static_int8", "per_channel_int8", "qat_int8")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClassInfo(_Strict):
+    """One output class."""
+
+    name: str
+    color: tuple[int, int, int]
+
+
+class InputContract(_Strict):
+    """What the model expects as input: raw values of these bands, nodata filled."""
+
+    bands: list[int]
+    band_names: list[str | None]
+    dtype: str
+    nodata: float | None
+    fill_values: list[float]
+    tile_size: int
+    default_stride: int
+    pixel_size: tuple[float, float] | None
+    label_footprint: int
+
+
+class Normalization(_Strict):
+    """The fitted band normalization applied inside the model."""
+
+    mode: Literal["zscore", "minmax", "percentile"]
+    center: list[float]
+    scale: list[float]
+    clip: float
+    stats: dict[str, Any]
+
+
+class Architecture(_Strict):
+    """How to rebuild the module."""
+
+    name: str
+    spec: dict[str, Any]
+    in_channels: int
+    num_classes: int
+    tile_size: int
+
+
+class Quantization(_Strict):
+    """How the weights were quantized (``fp32``: not at all)."""
+
+    type: Literal[QUANT_TYPES] = "fp32"  # type: ignore[valid-type]
+    engine: str | None = None
+    observer: str | None = None
+    per_channel: bool | None = None
+    fp32_layers: list[str] = []
+    calibration: dict[str, Any] | None = None
+    details: dict[str, Any] = {}
+
+
+class Provenance(_Strict):
+    """Where the model came from."""
+
+    package_version: str
+    training_raster: str
+    training_raster_sha256: str
+    created: str
+    source_bundle: str | None = None
+
+
+class WeightsInfo(_Strict):
+    """The weight file and its checksum."""
+
+    file: str
+    sha256: str
+    size_bytes: int
+
+
+class BundleMeta(_Strict):
+    """Contents of ``bundle.json``."""
+
+    schema_version: int
+    kind: Literal["georaster_quant.bundle"]
+    model_name: str
+    architecture: Architecture
+    input: InputContract
+    normalization: Normalization
+    classes: list[ClassInfo]
+    quantization: Quantization = Quantization()
+    metrics: dict[str, Any] = {}
+    training: dict[str, Any] = {}
+    provenance: Provenance
+    weights: WeightsInfo | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BundleMeta:
+        n = self.architecture.in_channels
+        for name, seq in (
+            ("input.bands", self.input.bands),
+            ("input.band_names", self.input.band_names),
+            ("input.fill_values", self.input.fill_values),
+            ("normalization.center", self.normalization.center),
+            ("normalization.scale", self.normalization.scale),
+        ):
+            if len(seq) != n:
+                raise ValueError(f"{name} has {len(seq)} entries, the model has {n} input bands")
+        if len(self.classes) != self.architecture.num_classes:
+            raise ValueError(
+                f"{len(self.classes)} classes listed, the model has {self.architecture.num_classes}"
+            )
+        return self
+
+    @property
+    def quant_type(self) -> str:
+        """Quantization type of this bundle."""
+        return self.quantization.type
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in output order."""
+        return [c.name for c in self.classes]
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def now_iso() -> str:
+    """Current UTC time, ISO 8601."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def provenance(training_raster: str, source_bundle: str | None = None) -> Provenance:
+    """Provenance for a new bundle trained on ``training_raster``."""
+    return Provenance(
+        package_version=__version__,
+        training_raster=os.path.basename(training_raster),
+        training_raster_sha256=sha256_file(training_raster) if os.path.isfile(training_raster) else "",
+        created=now_iso(),
+        source_bundle=source_bundle,
+    )
+
+
+def read_meta(path: str | os.PathLike[str]) -> BundleMeta:
+    """Read and validate a bundle's metadata (no torch import, no weights read)."""
+    folder = Path(path)
+    if not folder.exists():
+        raise BundleError(f"{folder}: no such bundle")
+    if not folder.is_dir():
+        raise BundleError(f"{folder}: not a bundle folder (expected a folder with {META_FILE})")
+    meta_path = folder / META_FILE
+    if not meta_path.is_file():
+        raise BundleError(f"{folder}: missing {META_FILE}; not a georaster_quant bundle")
+    try:
+        raw = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{meta_path}: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict) or raw.get("kind") != BUNDLE_KIND:
+        raise BundleError(f"{meta_path}: not a georaster_quant bundle (kind is not {BUNDLE_KIND})")
+    if raw.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(
+            f"{meta_path}: schema version {raw.get('schema_version')!r} is not supported "
+            f"(this version reads {SCHEMA_VERSION})"
+        )
+    try:
+        meta = BundleMeta.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "bundle"
+        raise BundleError(f"{meta_path}: invalid {where}: {err['msg']}") from None
+    if meta.weights is None:
+        raise BundleError(f"{meta_path}: no weights recorded")
+    return meta
+
+
+def save_bundle(
+    path: str | os.PathLike[str],
+    model: GeoRasterCNN | Any,
+    meta: BundleMeta,
+    *,
+    overwrite: bool = False,
+) -> BundleMeta:
+    """Write ``model``'s state dict and ``meta`` as a bundle folder, atomically."""
+    import torch
+
+    out = Path(path)
+    if out.exists() and not overwrite:
+        raise BundleError(f"{out}: already exists (pass --overwrite to replace it)")
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        weights = tmp / WEIGHTS_FILE
+        torch.save(model.state_dict(), weights)
+        final = meta.model_copy(
+            update={
+                "model_name": out.name,
+                "weights": WeightsInfo(
+                    file=WEIGHTS_FILE, sha256=sha256_file(weights), size_bytes=weights.stat().st_size
+                ),
+            }
+        )
+        (tmp / META_FILE).write_text(
+            json.dumps(final.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8"
+        )
+    return final
+
+
+def load_state_dict(path: str | os.PathLike[str], meta: BundleMeta) -> dict[str, Any]:
+    """Load the bundle's weights as tensors only, checking the recorded checksum."""
+    import pickle
+
+    import torch
+
+    assert meta.weights is not None  # read_meta guarantees it
+    weights = Path(path) / meta.weights.file
+    if not weights.is_file():
+        raise BundleError(f"{weights}: weight file is missing")
+    if sha256_file(weights) != meta.weights.sha256:
+        raise BundleError(f"{weights}: checksum does not match {META_FILE}; the file was changed")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BundleError(
+            f"{weights}: not a plain tensor state dict; refusing to load it ({first})"
+        ) from None
+    if not isinstance(state, dict):
+        raise BundleError(f"{weights}: holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def build_fp32_model(meta: BundleMeta) -> GeoRasterCNN:
+    """An untrained FP32 module with the bundle's architecture and normalization."""
+    from georaster_quant.model import ArchSpec, GeoRasterCNN
+
+    arch = meta.architecture
+    return GeoRasterCNN(
+        arch.in_channels,
+        arch.num_classes,
+        arch.tile_size,
+        ArchSpec.from_dict(arch.spec),
+        center=meta.normalization.center,
+        scale=meta.normalization.scale,
+        clip=meta.normalization.clip,
+    )
+
+
+class Bundle:
+    """A loaded bundle: its metadata and a ready module in eval mode."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self.meta = read_meta(self.path)
+        state = load_state_dict(self.path, self.meta)
+        if self.meta.quant_type != "fp32":
+            raise BundleError(
+                f"{self.path}: {self.meta.quant_type} bundles are not supported by this version"
+            )
+        model = build_fp32_model(self.meta)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise BundleError(f"{self.path}: weights do not fit the architecture ({first})") from None
+        self.model = model.eval()
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of the weight file."""
+        assert self.meta.weights is not None
+        return self.meta.weights.size_bytes

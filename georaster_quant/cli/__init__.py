@@ -1,0 +1,1 @@
+"""The ``georaster-quant`` command line: one module per command, shared options in ``options``."""

@@ -1,0 +1,99 @@
+"""Entry point: the click group, error handling and exit codes.
+
+Exit codes: 0 success; 2 bad input or usage (one line naming the file and the problem, no
+traceback unless ``--debug``); 1 an unexpected failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+import warnings
+
+import click
+
+from georaster_quant import __version__
+from georaster_quant.errors import GeoRasterQuantError, GeoRasterQuantWarning
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+
+
+class _State:
+    debug = False
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+    if issubclass(category, GeoRasterQuantWarning):
+        click.echo(f"Warning: {message}", err=True)
+    else:
+        logging.getLogger("georaster_quant").debug("%s: %s", category.__name__, message)
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="Run 'georaster-quant COMMAND --help' for a command's options and examples.",
+)
+@click.version_option(__version__, prog_name="georaster-quant")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.option("-v", "--verbose", count=True, help="More log output (repeatable).")
+def cli(debug: bool, verbose: int) -> None:
+    """Classify scenes in large multispectral rasters with quantized CNNs on CPUs.
+
+    \b
+    A first run on the built-in synthetic scene:
+      georaster-quant demo --output runs/demo
+    \b
+    Or step by step:
+      georaster-quant synth data/train --width 2048 --height 2048 --seed 0
+      georaster-quant train --image data/train/scene.tif --labels data/train/labels.tif \\
+          --output runs/best
+      georaster-quant evaluate --weights runs/best --image data/test/scene.tif \\
+          --labels data/test/labels.tif --stride 16
+      georaster-quant info runs/best
+    """
+    _State.debug = debug
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    warnings.showwarning = _show_warning
+
+
+def _register() -> None:
+    from georaster_quant.cli import demo, evaluate, info, synth, train
+
+    for module in (synth, train, evaluate, info, demo):
+        cli.add_command(module.command)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI and exit with the documented exit codes."""
+    _State.debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="georaster-quant", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(EXIT_FAILURE)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_BAD_INPUT if exc.exit_code == 2 else exc.exit_code)
+    except GeoRasterQuantError as exc:
+        if _State.debug:
+            traceback.print_exc()
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence
+        if _State.debug:
+            traceback.print_exc()
+        click.echo(
+            f"Error: unexpected failure: {type(exc).__name__}: {exc} (rerun with --debug)",
+            err=True,
+        )
+        sys.exit(EXIT_FAILURE)
+    sys.exit(0)

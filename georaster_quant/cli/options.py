@@ -1,0 +1,69 @@
+"""Options shared by several commands, and the ``--config`` loader."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from georaster_quant.config import load_config
+
+F = Callable[..., Any]
+
+
+def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value:
+        assert ctx.command is not None
+        ctx.default_map = {**(ctx.default_map or {}), **load_config(value, ctx.command)}
+    return value
+
+
+def config_option(f: F) -> F:
+    """``--config FILE``: read option values from YAML; flags given on the command line win."""
+    return click.option(
+        "--config",
+        type=click.Path(dir_okay=False),
+        is_eager=True,
+        expose_value=False,
+        callback=_load_config,
+        help="YAML file with option values (flat, or one section per command); flags win.",
+    )(f)
+
+
+def parse_bands(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[int] | None:
+    """Parse ``--bands 3,2,1,4`` into 1-based band indexes."""
+    if value is None:
+        return None
+    try:
+        bands = [int(v) for v in str(value).split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated band numbers, got {value!r}") from None
+    if not bands or min(bands) < 1:
+        raise click.BadParameter("band numbers start at 1")
+    return bands
+
+
+image_option = click.option(
+    "--image", required=True, type=click.Path(dir_okay=False), help="Input raster (GeoTIFF, COG, VRT)."
+)
+labels_option = click.option(
+    "--labels", required=True, type=click.Path(dir_okay=False),
+    help="Label raster on the image's pixel grid (uint8 class index, nodata ignored).",
+)
+stride_option = click.option(
+    "--stride", type=click.IntRange(min=1), default=None,
+    help="Prediction grid stride in pixels (default: the bundle's, = tile size).",
+)
+batch_size_option = click.option(
+    "--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+    help="Tiles per model call.",
+)
+bands_option = click.option(
+    "--bands", callback=parse_bands, default=None,
+    help="Raster bands (1-based) to feed the model, in the model's band order, e.g. 3,2,1,4.",
+)
+overwrite_option = click.option(
+    "--overwrite", is_flag=True, help="Replace an existing output."
+)
+quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")

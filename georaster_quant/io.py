@@ -1,0 +1,353 @@
+"""Raster input and output: the one module that opens paths and URIs.
+
+Reading returns raw band values (GDAL scale/offset applied) as float32 plus a validity mask
+that folds together nodata, NaN, an alpha band and a GDAL mask band. Writing happens beside
+the output and is moved into place only when complete, so a failed run never leaves a
+half-written file at the output path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from affine import Affine
+from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.errors import RasterioError
+from rasterio.windows import Window as RioWindow
+
+from georaster_quant.errors import BandMismatchError, OutputPathError, RasterInputError
+from georaster_quant.tiling import Window, mirror_pad
+
+#: GDAL block cache for our readers, in MB. GDAL's default (5 % of RAM) is far larger than
+#: anything we need because every reader here reads each block once, in order.
+GDAL_CACHEMAX_MB = 256
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What a reader knows about a raster without reading pixels."""
+
+    path: str
+    width: int
+    height: int
+    bands: tuple[int, ...]
+    band_names: tuple[str | None, ...]
+    dtype: str
+    nodata: float | None
+    crs: str | None
+    transform: Affine
+    block_shape: tuple[int, int]
+    has_alpha: bool
+    has_mask: bool
+    scaled: bool
+
+    @property
+    def count(self) -> int:
+        """Number of data bands read (alpha bands excluded)."""
+        return len(self.bands)
+
+    @property
+    def res(self) -> tuple[float, float]:
+        """Pixel size (x, y) in CRS units."""
+        return abs(self.transform.a), abs(self.transform.e)
+
+
+def _open(path: str | os.PathLike[str]) -> rasterio.DatasetReader:
+    name = os.fspath(path)
+    if "://" not in name and not name.startswith("/vsi") and not Path(name).exists():
+        raise RasterInputError(f"{name}: no such file")
+    try:
+        return rasterio.open(name)
+    except RasterioError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RasterInputError(f"{name}: not a readable raster ({first})") from exc
+
+
+class RasterReader:
+    """Windowed reads of a raster's data bands with a validity mask.
+
+    Use as a context manager. ``bands`` selects 1-based data bands in model order; by default
+    every band that is not an alpha band is read.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], bands: Sequence[int] | None = None):
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_MB))
+        try:
+            self._ds = self._stack.enter_context(_open(path))
+        except BaseException:
+            self._stack.close()
+            raise
+        ds = self._ds
+        interp = ds.colorinterp
+        alpha = [i + 1 for i, ci in enumerate(interp) if ci == ColorInterp.alpha]
+        data_bands = [i for i in range(1, ds.count + 1) if i not in alpha]
+        if bands is None:
+            bands = data_bands
+        bad = [b for b in bands if b not in data_bands]
+        if bad:
+            self.close()
+            raise BandMismatchError(
+                f"{ds.name}: band(s) {bad} do not exist (data bands are {data_bands})"
+            )
+        self._alpha = alpha[0] if alpha else None
+        flags = ds.mask_flag_enums[bands[0] - 1]
+        self._per_dataset_mask = MaskFlags.per_dataset in flags and self._alpha is None
+        scales = np.array([ds.scales[b - 1] for b in bands], dtype=np.float64)
+        offsets = np.array([ds.offsets[b - 1] for b in bands], dtype=np.float64)
+        self._scale = None if np.all(scales == 1) and np.all(offsets == 0) else (scales, offsets)
+        self.info = RasterInfo(
+            path=ds.name,
+            width=ds.width,
+            height=ds.height,
+            bands=tuple(bands),
+            band_names=tuple(ds.descriptions[b - 1] for b in bands),
+            dtype=ds.dtypes[bands[0] - 1],
+            nodata=ds.nodata,
+            crs=ds.crs.to_string() if ds.crs else None,
+            transform=ds.transform,
+            block_shape=tuple(ds.block_shapes[bands[0] - 1]),  # type: ignore[arg-type]
+            has_alpha=self._alpha is not None,
+            has_mask=self._per_dataset_mask,
+            scaled=self._scale is not None,
+        )
+
+    def __enter__(self) -> RasterReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the dataset."""
+        self._stack.close()
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Read ``window`` as ``(data, valid)``; parts outside the raster are mirrored.
+
+        ``data`` is float32 ``(bands, h, w)`` in physical units (scale/offset applied);
+        ``valid`` is bool ``(h, w)``, False where any band is nodata or NaN, or where the
+        alpha band or mask band says so.
+        """
+        info = self.info
+        inside = window.clip(info.height, info.width)
+        if inside.height == 0 or inside.width == 0:
+            raise ValueError(f"window {window} does not intersect the raster")
+        rio_window = RioWindow(inside.col_off, inside.row_off, inside.width, inside.height)
+        try:
+            raw = self._ds.read(list(info.bands), window=rio_window)
+            valid = np.ones(raw.shape[1:], dtype=bool)
+            if info.nodata is not None and not np.isnan(info.nodata):
+                valid &= ~np.any(raw == np.asarray(info.nodata, dtype=raw.dtype), axis=0)
+            if raw.dtype.kind == "f":
+                valid &= ~np.any(np.isnan(raw), axis=0)
+            if self._alpha is not None:
+                valid &= self._ds.read(self._alpha, window=rio_window) > 0
+            elif self._per_dataset_mask:
+                valid &= self._ds.read_masks(info.bands[0], window=rio_window) > 0
+        except RasterioError as exc:
+            raise RasterInputError(f"{info.path}: read failed at {window} ({exc})") from exc
+        data = raw.astype(np.float32)
+        if self._scale is not None:
+            scales, offsets = self._scale
+            data = (data * scales[:, None, None] + offsets[:, None, None]).astype(np.float32)
+        return (
+            mirror_pad(data, window, info.height, info.width),
+            mirror_pad(valid, window, info.height, info.width),
+        )
+
+    def class_table(self) -> tuple[list[str], list[tuple[int, int, int]]] | None:
+        """Class names (``CLASSES`` tag) and colours (colour table) of a label raster, if set."""
+        names = self._ds.tags().get("CLASSES")
+        if not names:
+            return None
+        classes = [n.strip() for n in names.split(",")]
+        try:
+            cmap = self._ds.colormap(self.info.bands[0])
+        except ValueError:
+            cmap = {}
+        colors = [tuple(cmap.get(i, (128, 128, 128, 255))[:3]) for i in range(len(classes))]
+        return classes, colors  # type: ignore[return-value]
+
+    def read_all(self) -> tuple[np.ndarray, np.ndarray]:
+        """Read the whole raster (small rasters only: labels, tests)."""
+        return self.read(Window(0, 0, self.info.height, self.info.width))
+
+
+def read_info(path: str | os.PathLike[str]) -> RasterInfo:
+    """Open ``path`` just long enough to describe it."""
+    with RasterReader(path) as reader:
+        return reader.info
+
+
+def select_bands(
+    info: RasterInfo,
+    model_band_names: Sequence[str | None],
+    explicit: Sequence[int] | None = None,
+) -> list[int]:
+    """Choose which raster bands feed the model, in the model's band order.
+
+    An explicit 1-based list wins; otherwise bands are matched by description when both the
+    raster and the model name all of theirs; otherwise the raster's band order is used. A
+    count mismatch is an error before any pixel is read.
+    """
+    wanted = len(model_band_names)
+    if explicit is not None:
+        if len(explicit) != wanted:
+            raise BandMismatchError(
+                f"{info.path}: --bands lists {len(explicit)} band(s) but the model takes {wanted}"
+            )
+        missing = [b for b in explicit if b not in info.bands]
+        if missing:
+            raise BandMismatchError(
+                f"{info.path}: --bands names band(s) {missing}, the raster has {list(info.bands)}"
+            )
+        return list(explicit)
+    raster_names = [n.lower() if n else None for n in info.band_names]
+    model_names = [n.lower() if n else None for n in model_band_names]
+    if all(raster_names) and all(model_names) and set(model_names) <= set(raster_names):
+        return [info.bands[raster_names.index(n)] for n in model_names]
+    if info.count != wanted:
+        raise BandMismatchError(
+            f"{info.path}: raster has {info.count} data band(s) but the model takes {wanted}; "
+            "pass --bands to choose them"
+        )
+    return list(info.bands)
+
+
+def check_output_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Refuse an output path that cannot be written, before any work starts."""
+    out = Path(path)
+    parent = out.parent if str(out.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise OutputPathError(f"{out}: parent {parent} is a file, not a folder")
+    if not parent.exists():
+        raise OutputPathError(f"{out}: folder {parent} does not exist")
+    if out.exists() and not overwrite:
+        raise OutputPathError(f"{out}: already exists (pass --overwrite to replace it)")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it into place only on success.
+
+    The temporary may be a file or a folder. On failure it is removed and ``path`` is left as
+    it was.
+    """
+    out = Path(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".tmp{suffix}", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    tmp.unlink()
+    try:
+        yield tmp
+        if out.is_dir() and not out.is_symlink():
+            _remove(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        for child in path.iterdir():
+            _remove(child)
+        path.rmdir()
+    else:
+        path.unlink()
+
+
+class RasterWriter:
+    """An open GeoTIFF being written window by window (``writer[window] = array``)."""
+
+    def __init__(self, dataset: rasterio.io.DatasetWriter):
+        self._ds = dataset
+
+    def __setitem__(self, window: Window, array: np.ndarray) -> None:
+        rio_window = RioWindow(window.col_off, window.row_off, window.width, window.height)
+        self._ds.write(array if array.ndim == 3 else array[None], window=rio_window)
+
+    def set_band_names(self, names: Sequence[str]) -> None:
+        """Write band descriptions."""
+        for i, name in enumerate(names, start=1):
+            self._ds.set_band_description(i, name)
+
+    def update_tags(self, band: int = 0, **tags: Any) -> None:
+        """Add dataset (band 0) or band metadata tags."""
+        self._ds.update_tags(band, **{k: str(v) for k, v in tags.items()})
+
+    def write_colormap(self, band: int, colormap: dict[int, tuple[int, int, int]]) -> None:
+        """Attach a colour table to a band."""
+        self._ds.write_colormap(band, colormap)
+
+
+@contextlib.contextmanager
+def write_raster(
+    path: str | os.PathLike[str],
+    *,
+    width: int,
+    height: int,
+    count: int,
+    dtype: str,
+    crs: str | None,
+    transform: Affine,
+    nodata: float | None,
+    blocksize: int = 256,
+    compress: str = "deflate",
+    cog: bool = False,
+    overview_resampling: str = "average",
+) -> Iterator[RasterWriter]:
+    """Write a tiled, compressed GeoTIFF (or a COG) atomically to ``path``.
+
+    ``overview_resampling`` applies to COG overviews: ``average`` for measurements, ``mode``
+    for class maps.
+    """
+    profile = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": count,
+        "dtype": dtype,
+        "crs": crs,
+        "transform": transform,
+        "nodata": nodata,
+        "compress": compress,
+        "predictor": 2 if np.dtype(dtype).kind in "iu" else 1,
+        "interleave": "pixel" if count > 1 else "band",
+        "tiled": True,
+        "blockxsize": blocksize,
+        "blockysize": blocksize,
+        "BIGTIFF": "IF_SAFER",
+    }
+    with atomic_path(path, suffix=".tif") as tmp:
+        staging = tmp.with_name(tmp.name + ".gtiff") if cog else tmp
+        try:
+            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_MB), rasterio.open(
+                staging, "w", **profile
+            ) as dst:
+                yield RasterWriter(dst)
+            if cog:
+                rasterio.shutil.copy(
+                    staging,
+                    tmp,
+                    driver="COG",
+                    COMPRESS=compress.upper(),
+                    PREDICTOR="YES" if profile["predictor"] == 2 else "NO",
+                    BLOCKSIZE=blocksize,
+                    OVERVIEW_RESAMPLING=overview_resampling.upper(),
+                    BIGTIFF="IF_SAFER",
+                )
+        finally:
+            if cog and staging.exists():
+                staging.unlink()

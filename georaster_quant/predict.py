@@ -1,0 +1,105 @@
+"""Predicting the classes of every cell of a raster's prediction grid."""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from georaster_quant.backend import Backend
+from georaster_quant.bundle import BundleMeta
+from georaster_quant.errors import RasterMismatchWarning
+from georaster_quant.io import RasterReader, read_info, select_bands
+from georaster_quant.stream import iter_batches
+from georaster_quant.tiling import TileGrid
+
+NODATA_CLASS = 255
+#: A cell whose footprint has less than this valid share is nodata.
+MIN_VALID_FRACTION = 0.5
+
+
+def open_input(
+    path: str | os.PathLike[str], meta: BundleMeta, bands: Sequence[int] | None = None
+) -> RasterReader:
+    """Open ``path`` with its bands mapped onto the model's input bands.
+
+    A band-count mismatch is an error before any pixel is read; a different dtype or pixel
+    size is a warning that says what differs.
+    """
+    info = read_info(path)
+    chosen = select_bands(info, meta.input.band_names, bands)
+    reader = RasterReader(path, bands=chosen)
+    want = meta.input
+    if reader.info.dtype != want.dtype:
+        warnings.warn(
+            f"{info.path}: dtype is {reader.info.dtype}, the model was trained on {want.dtype}",
+            RasterMismatchWarning,
+            stacklevel=2,
+        )
+    if want.pixel_size and not np.allclose(reader.info.res, want.pixel_size, rtol=1e-3):
+        warnings.warn(
+            f"{info.path}: pixel size is {reader.info.res[0]:g} x {reader.info.res[1]:g}, the "
+            f"model was trained on {want.pixel_size[0]:g} x {want.pixel_size[1]:g}",
+            RasterMismatchWarning,
+            stacklevel=2,
+        )
+    return reader
+
+
+@dataclass
+class GridPrediction:
+    """Decisions for every cell of a grid (held in memory: evaluation-sized grids)."""
+
+    grid: TileGrid
+    classes: np.ndarray  # (rows, cols) uint8, NODATA_CLASS where the cell is nodata
+    confidence: np.ndarray  # (rows, cols) float32 probability of the chosen class
+    batch_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def valid(self) -> np.ndarray:
+        """Cells that have a decision."""
+        return self.classes != NODATA_CLASS
+
+    @property
+    def latency_ms_per_batch(self) -> float:
+        """Median time of one backend call, in milliseconds."""
+        return float(np.median(self.batch_seconds) * 1000) if self.batch_seconds else 0.0
+
+
+def predict_grid(
+    backend: Backend,
+    image: str | os.PathLike[str],
+    *,
+    stride: int | None = None,
+    batch_size: int = 32,
+    bands: Sequence[int] | None = None,
+    progress: bool = False,
+) -> GridPrediction:
+    """Classify every cell of ``image``'s prediction grid with ``backend``."""
+    from tqdm.auto import tqdm
+
+    meta = backend.meta
+    with open_input(image, meta, bands) as reader:
+        grid = TileGrid(
+            reader.info.height, reader.info.width, meta.input.tile_size,
+            stride or meta.input.default_stride,
+        )
+        classes = np.full(grid.shape, NODATA_CLASS, dtype=np.uint8)
+        confidence = np.zeros(grid.shape, dtype=np.float32)
+        seconds: list[float] = []
+        fill = np.asarray(meta.input.fill_values, dtype=np.float32)
+        with tqdm(total=len(grid), unit="tile", desc="predict", disable=not progress) as bar:
+            for batch in iter_batches(reader, grid, fill, batch_size):
+                t0 = time.perf_counter()
+                probs = backend(batch.data)
+                seconds.append(time.perf_counter() - t0)
+                keep = batch.valid_fraction >= MIN_VALID_FRACTION
+                r, c = batch.rows[keep], batch.cols[keep]
+                classes[r, c] = probs[keep].argmax(axis=1)
+                confidence[r, c] = probs[keep].max(axis=1)
+                bar.update(len(batch))
+    return GridPrediction(grid, classes, confidence, seconds)

@@ -1,0 +1,171 @@
+"""The prediction grid: windows, tiles and the tile grid, as pure values and functions.
+
+Output cell ``(i, j)`` covers input rows ``[i*s, (i+1)*s)`` and columns ``[j*s, (j+1)*s)``
+(clipped at the raster's edge). Its class comes from the ``T x T`` tile centred on the cell:
+a halo of ``(T - s) // 2`` pixels above/left and the rest below/right. Pixels outside the
+raster are mirrored with the edge pixel repeated (numpy ``mode="symmetric"``).
+Nothing here opens a file.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from affine import Affine
+
+from georaster_quant.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Window:
+    """A rectangle of pixels; offsets may be negative (outside the raster)."""
+
+    row_off: int
+    col_off: int
+    height: int
+    width: int
+
+    @classmethod
+    def from_slices(cls, rows: slice, cols: slice) -> Window:
+        """Build a window from two slices with explicit start and stop."""
+        return cls(rows.start, cols.start, rows.stop - rows.start, cols.stop - cols.start)
+
+    def toslices(self) -> tuple[slice, slice]:
+        """Row and column slices of this window."""
+        return (
+            slice(self.row_off, self.row_off + self.height),
+            slice(self.col_off, self.col_off + self.width),
+        )
+
+    @property
+    def row_end(self) -> int:
+        """First row below the window."""
+        return self.row_off + self.height
+
+    @property
+    def col_end(self) -> int:
+        """First column right of the window."""
+        return self.col_off + self.width
+
+    def clip(self, height: int, width: int) -> Window:
+        """The part of this window inside a ``height x width`` raster (may be empty)."""
+        r0, c0 = max(self.row_off, 0), max(self.col_off, 0)
+        r1, c1 = min(self.row_end, height), min(self.col_end, width)
+        return Window(r0, c0, max(r1 - r0, 0), max(c1 - c0, 0))
+
+    def padding(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Pixels of this window outside the raster, as ``((top, bottom), (left, right))``."""
+        return (
+            (max(-self.row_off, 0), max(self.row_end - height, 0)),
+            (max(-self.col_off, 0), max(self.col_end - width, 0)),
+        )
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One output cell and the model input window that decides it."""
+
+    row: int
+    col: int
+    window: Window
+    cell: Window
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The prediction grid over a ``height x width`` raster, in row-major order."""
+
+    height: int
+    width: int
+    tile_size: int = 64
+    stride: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.stride is None:
+            object.__setattr__(self, "stride", self.tile_size)
+        if self.height < 1 or self.width < 1:
+            raise ConfigError(f"raster size must be positive, got {self.height}x{self.width}")
+        if self.tile_size < 1:
+            raise ConfigError(f"tile size must be positive, got {self.tile_size}")
+        if not 1 <= self.step <= self.tile_size:
+            raise ConfigError(
+                f"stride must be between 1 and the tile size {self.tile_size}, got {self.stride}"
+            )
+
+    @property
+    def step(self) -> int:
+        """The stride as a plain int (``stride`` is ``None`` only before init)."""
+        return int(self.stride)  # type: ignore[arg-type]
+
+    @property
+    def halo(self) -> tuple[int, int]:
+        """Pixels of context before (above/left) and after (below/right) each cell."""
+        extra = self.tile_size - self.step
+        return extra // 2, extra - extra // 2
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Number of output rows and columns."""
+        return math.ceil(self.height / self.step), math.ceil(self.width / self.step)
+
+    def __len__(self) -> int:
+        rows, cols = self.shape
+        return rows * cols
+
+    def tile(self, row: int, col: int) -> Tile:
+        """The tile deciding output cell ``(row, col)``."""
+        rows, cols = self.shape
+        if not (0 <= row < rows and 0 <= col < cols):
+            raise IndexError(f"cell ({row}, {col}) is outside the {rows}x{cols} grid")
+        s, before = self.step, self.halo[0]
+        window = Window(row * s - before, col * s - before, self.tile_size, self.tile_size)
+        cell = Window(row * s, col * s, s, s).clip(self.height, self.width)
+        return Tile(row, col, window, cell)
+
+    def __iter__(self) -> Iterator[Tile]:
+        rows, cols = self.shape
+        for row in range(rows):
+            for col in range(cols):
+                yield self.tile(row, col)
+
+    def row_window(self, row: int) -> Window:
+        """The input window covering every tile of output row ``row``, halos included."""
+        rows, cols = self.shape
+        if not 0 <= row < rows:
+            raise IndexError(f"row {row} is outside the grid's {rows} rows")
+        before = self.halo[0]
+        return Window(
+            row * self.step - before, -before, self.tile_size, (cols - 1) * self.step + self.tile_size
+        )
+
+    def output_transform(self, transform: Affine) -> Affine:
+        """Georeferencing of the output grid given the input raster's transform."""
+        return transform * Affine.scale(self.step)
+
+
+def mirror_pad(array: np.ndarray, window: Window, height: int, width: int) -> np.ndarray:
+    """Extend ``array`` (the in-raster part of ``window``) to the full window by mirroring.
+
+    The last two axes of ``array`` are rows and columns. Uses numpy's ``symmetric`` mode (edge
+    pixel repeated), which is also correct for rasters narrower than the padding.
+    """
+    pads = window.padding(height, width)
+    if pads == ((0, 0), (0, 0)):
+        return array
+    return np.pad(array, ((0, 0),) * (array.ndim - 2) + pads, mode="symmetric")
+
+
+def tiles_from_strip(strip: np.ndarray, grid: TileGrid) -> np.ndarray:
+    """Cut the row strip read for :meth:`TileGrid.row_window` into its tiles.
+
+    ``strip`` has shape ``(..., T, W')``; the result has shape ``(cols, ..., T, T)`` and is a
+    view where possible.
+    """
+    t, s = grid.tile_size, grid.step
+    cols = grid.shape[1]
+    view = np.lib.stride_tricks.sliding_window_view(strip, t, axis=-1)[..., ::s, :]
+    view = view[..., :cols, :]  # (..., T, cols, T)
+    return np.moveaxis(view, -2, 0)
