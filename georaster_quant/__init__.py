@@ -1,6 +1,44 @@
 """georaster_quant: quantized scene classification of large multispectral rasters on CPUs.
 
-Importing the package is cheap: torch and onnxruntime load only when a model is used.
+Importing the package is cheap: torch and onnxruntime load only when a model is used. The
+main entry points are re-exported lazily::
+
+    import georaster_quant as gq
+    gq.generate_scene("data/train", gq.SceneSpec(2048, 2048, seed=0))
+    result = gq.train("data/train/scene.tif", "data/train/labels.tif", "runs/best")
+    bundle = gq.Bundle("runs/best")
+    cells = gq.predict_grid(gq.open_backend("runs/best"), "data/test/scene.tif", stride=16)
+    scores = gq.evaluate(["runs/best"], "data/test/scene.tif", "data/test/labels.tif")
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Bundle": "georaster_quant.bundle",
+    "read_meta": "georaster_quant.bundle",
+    "BandNormalizer": "georaster_quant.normalize",
+    "GeoRasterCNN": "georaster_quant.model",
+    "RasterReader": "georaster_quant.io",
+    "SceneSpec": "georaster_quant.synth",
+    "TileGrid": "georaster_quant.tiling",
+    "TrainConfig": "georaster_quant.train",
+    "Window": "georaster_quant.tiling",
+    "evaluate": "georaster_quant.evaluate",
+    "generate_scene": "georaster_quant.synth",
+    "open_backend": "georaster_quant.backend",
+    "predict_grid": "georaster_quant.predict",
+    "train": "georaster_quant.train",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'georaster_quant' has no attribute {name!r}")

@@ -45,7 +45,9 @@ class SpectralMeanClassifier:
             raise NotFittedError("the spectral classifier is not fitted: call fit() first")
         x = np.log1p(np.maximum(features, 0))
         scores = []
-        for m, p, ld, pr in zip(self.means_, self.precisions_, self.logdets_, self.priors_):
+        for m, p, ld, pr in zip(
+            self.means_, self.precisions_, self.logdets_, self.priors_, strict=True
+        ):
             d = x - m
             scores.append(-0.5 * np.einsum("ij,jk,ik->i", d, p, d) - 0.5 * ld + np.log(pr))
         return self.classes_[np.argmax(np.stack(scores, axis=1), axis=1)]

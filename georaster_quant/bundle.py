@@ -140,6 +140,13 @@ class BundleMeta(_Strict):
         return self
 
     @property
+    def weights_info(self) -> WeightsInfo:
+        """The weight file record; a bundle read from disk always has one."""
+        if self.weights is None:
+            raise BundleError(f"bundle {self.model_name!r} records no weights")
+        return self.weights
+
+    @property
     def quant_type(self) -> str:
         """Quantization type of this bundle."""
         return self.quantization.type
@@ -169,7 +176,9 @@ def provenance(training_raster: str, source_bundle: str | None = None) -> Proven
     return Provenance(
         package_version=__version__,
         training_raster=os.path.basename(training_raster),
-        training_raster_sha256=sha256_file(training_raster) if os.path.isfile(training_raster) else "",
+        training_raster_sha256=sha256_file(training_raster)
+        if os.path.isfile(training_raster)
+        else "",
         created=now_iso(),
         source_bundle=source_bundle,
     )
@@ -228,7 +237,9 @@ def save_bundle(
             update={
                 "model_name": out.name,
                 "weights": WeightsInfo(
-                    file=WEIGHTS_FILE, sha256=sha256_file(weights), size_bytes=weights.stat().st_size
+                    file=WEIGHTS_FILE,
+                    sha256=sha256_file(weights),
+                    size_bytes=weights.stat().st_size,
                 ),
             }
         )
@@ -244,11 +255,10 @@ def load_state_dict(path: str | os.PathLike[str], meta: BundleMeta) -> dict[str,
 
     import torch
 
-    assert meta.weights is not None  # read_meta guarantees it
-    weights = Path(path) / meta.weights.file
+    weights = Path(path) / meta.weights_info.file
     if not weights.is_file():
         raise BundleError(f"{weights}: weight file is missing")
-    if sha256_file(weights) != meta.weights.sha256:
+    if sha256_file(weights) != meta.weights_info.sha256:
         raise BundleError(f"{weights}: checksum does not match {META_FILE}; the file was changed")
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -294,11 +304,12 @@ class Bundle:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             first = str(exc).splitlines()[0]
-            raise BundleError(f"{self.path}: weights do not fit the architecture ({first})") from None
+            raise BundleError(
+                f"{self.path}: weights do not fit the architecture ({first})"
+            ) from None
         self.model = model.eval()
 
     @property
     def size_bytes(self) -> int:
         """Bytes of the weight file."""
-        assert self.meta.weights is not None
-        return self.meta.weights.size_bytes
+        return self.meta.weights_info.size_bytes

@@ -66,7 +66,9 @@ def load_config(path: str | os.PathLike[str], command: click.Command) -> dict[st
         raise ConfigError(f"{p}: expected a mapping of options, got {type(raw).__name__}")
     version = raw.pop("version", CONFIG_VERSION)
     if version != CONFIG_VERSION:
-        raise ConfigError(f"{p}: config version {version!r} is not supported (use {CONFIG_VERSION})")
+        raise ConfigError(
+            f"{p}: config version {version!r} is not supported (use {CONFIG_VERSION})"
+        )
     name = command.name or ""
     commands = {"synth", "train", "quantize", "export", "predict", "evaluate", "info", "demo"}
     if set(raw) & commands:

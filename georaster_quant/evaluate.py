@@ -30,8 +30,10 @@ def cell_labels(labels: RasterReader, stride: int, num_classes: int) -> np.ndarr
         valid[h:] = False
         valid[:, grid.width :] = False
         out[row] = majority_labels(
-            tiles_from_strip(lab[0], grid), tiles_from_strip(valid, grid),
-            num_classes, MIN_VALID_FRACTION,
+            tiles_from_strip(lab[0], grid),
+            tiles_from_strip(valid, grid),
+            num_classes,
+            MIN_VALID_FRACTION,
         )
     return out
 

@@ -333,9 +333,10 @@ def write_raster(
     with atomic_path(path, suffix=".tif") as tmp:
         staging = tmp.with_name(tmp.name + ".gtiff") if cog else tmp
         try:
-            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_MB), rasterio.open(
-                staging, "w", **profile
-            ) as dst:
+            with (
+                rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_MB),
+                rasterio.open(staging, "w", **profile) as dst,
+            ):
                 yield RasterWriter(dst)
             if cog:
                 rasterio.shutil.copy(

@@ -11,68 +11,22 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
+from georaster_quant.arch import ARCHITECTURES, DEFAULT_ARCH, ArchSpec, resolve_arch
 from georaster_quant.errors import ConfigError
 
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """A GeoRasterCNN architecture.
-
-    Args:
-        stem_kernel: Kernel of the first conv.
-        stem_stride: Stride of the first conv (4 with kernel 4 is a patch stem).
-        stem_width: Channels after the stem.
-        stem_pool: Max-pool 2x2 after the stem.
-        widths: Channels of the 3x3 conv blocks that follow; a 2x2 max-pool sits between them.
-        dropout: Dropout before the linear head.
-    """
-
-    stem_kernel: int
-    stem_stride: int
-    stem_width: int
-    stem_pool: bool
-    widths: tuple[int, ...]
-    dropout: float = 0.1
-
-    def to_dict(self) -> dict[str, object]:
-        """JSON-ready form."""
-        d = asdict(self)
-        d["widths"] = list(self.widths)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, object]) -> ArchSpec:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**{**d, "widths": tuple(d["widths"])})  # type: ignore[arg-type]
-
-
-#: Named architectures. ``seed`` is the original conv3x3-BN-ReLU-maxpool design; the default is
-#: chosen by the measured table in docs/models.md.
-ARCHITECTURES: dict[str, ArchSpec] = {
-    "seed": ArchSpec(3, 1, 16, True, (32, 64)),
-    "patch4_s": ArchSpec(4, 4, 16, False, (32, 64)),
-    "patch4": ArchSpec(4, 4, 32, False, (64, 96)),
-    "stride2": ArchSpec(3, 2, 24, True, (48, 96)),
-    "large": ArchSpec(3, 2, 32, False, (64, 128, 128)),
-}
-DEFAULT_ARCH = "patch4"
-
-
-def resolve_arch(arch: str | ArchSpec) -> ArchSpec:
-    """Look up a named architecture (or pass a spec through)."""
-    if isinstance(arch, ArchSpec):
-        return arch
-    try:
-        return ARCHITECTURES[arch]
-    except KeyError:
-        raise ConfigError(
-            f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}"
-        ) from None
+__all__ = [
+    "ARCHITECTURES",
+    "DEFAULT_ARCH",
+    "ArchSpec",
+    "BandNormalize",
+    "GeoRasterCNN",
+    "count_macs",
+    "resolve_arch",
+]
 
 
 class BandNormalize(nn.Module):
@@ -96,7 +50,9 @@ class BandNormalize(nn.Module):
 def _block(cin: int, cout: int, kernel: int, stride: int, pool: bool) -> nn.Sequential:
     layers: OrderedDict[str, nn.Module] = OrderedDict(
         # Odd kernels keep "same" padding; even kernels are patch stems with no padding.
-        conv=nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2 if kernel % 2 else 0, bias=False),
+        conv=nn.Conv2d(
+            cin, cout, kernel, stride, padding=kernel // 2 if kernel % 2 else 0, bias=False
+        ),
         bn=nn.BatchNorm2d(cout),
         relu=nn.ReLU(inplace=False),
     )
@@ -140,7 +96,9 @@ class GeoRasterCNN(nn.Module):
             clip,
         )
         self.quant = nn.Identity()
-        blocks = [_block(in_channels, spec.stem_width, spec.stem_kernel, spec.stem_stride, spec.stem_pool)]
+        blocks = [
+            _block(in_channels, spec.stem_width, spec.stem_kernel, spec.stem_stride, spec.stem_pool)
+        ]
         cin = spec.stem_width
         for i, width in enumerate(spec.widths):
             blocks.append(_block(cin, width, 3, 1, pool=i < len(spec.widths) - 1))
@@ -161,7 +119,10 @@ class GeoRasterCNN(nn.Module):
 
     def fusable_groups(self) -> list[list[str]]:
         """Names of the conv-BN-ReLU groups that quantization fuses."""
-        return [[f"blocks.{i}.conv", f"blocks.{i}.bn", f"blocks.{i}.relu"] for i in range(len(self.blocks))]
+        return [
+            [f"blocks.{i}.conv", f"blocks.{i}.bn", f"blocks.{i}.relu"]
+            for i in range(len(self.blocks))
+        ]
 
     def quantizable_layers(self) -> list[str]:
         """Names of the blocks and head that may each be quantized or kept in FP32."""

@@ -53,7 +53,13 @@ class BandNormalizer:
 
     def _reset(self) -> None:
         for name in (
-            "n_samples_", "mean_", "m2_", "min_", "max_", "_reservoir", "_rng",
+            "n_samples_",
+            "mean_",
+            "m2_",
+            "min_",
+            "max_",
+            "_reservoir",
+            "_rng",
             "_restored_percentiles",
         ):
             self.__dict__.pop(name, None)

@@ -85,7 +85,9 @@ def predict_grid(
     meta = backend.meta
     with open_input(image, meta, bands) as reader:
         grid = TileGrid(
-            reader.info.height, reader.info.width, meta.input.tile_size,
+            reader.info.height,
+            reader.info.width,
+            meta.input.tile_size,
             stride or meta.input.default_stride,
         )
         classes = np.full(grid.shape, NODATA_CLASS, dtype=np.uint8)

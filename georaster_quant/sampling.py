@@ -100,7 +100,7 @@ def sample_tiles(
     dtype = np.dtype(image.info.dtype)
     store = dtype if dtype.kind in "iu" and not image.info.scaled else np.dtype(np.float32)
     for (row, data, valid), (_, lab, lab_valid) in zip(
-        iter_row_strips(image, grid), iter_row_strips(labels, grid)
+        iter_row_strips(image, grid), iter_row_strips(labels, grid), strict=True
     ):
         check_label_values(lab[0], lab_valid, num_classes, labels.info.path)
         tiles = tiles_from_strip(data, grid)
@@ -120,7 +120,7 @@ def sample_tiles(
         raise TrainingDataError(
             f"{labels.info.path}: no labelled tile with at least {min_valid:.0%} valid pixels"
         )
-    data, valid, y, origins = (np.concatenate(p) for p in zip(*parts))
+    data, valid, y, origins = (np.concatenate(p) for p in zip(*parts, strict=True))
     return TileSet(data, valid, y.astype(np.int64), origins)
 
 

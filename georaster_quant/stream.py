@@ -16,7 +16,9 @@ from georaster_quant.io import RasterReader
 from georaster_quant.tiling import TileGrid, Window, mirror_pad, tiles_from_strip
 
 
-def iter_row_strips(reader: RasterReader, grid: TileGrid) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+def iter_row_strips(
+    reader: RasterReader, grid: TileGrid
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield ``(row, data, valid)`` for every output row: the mirrored strip of its tiles."""
     info = reader.info
     height, width = info.height, info.width
@@ -87,7 +89,9 @@ def iter_batches(
         vtiles = tiles_from_strip(valid, grid)
         filled = np.where(vtiles[:, None], tiles, fill)
         cols = np.arange(tiles.shape[0])
-        pending.append((np.full_like(cols, row), cols, filled, cell_valid_fraction(vtiles, grid, row)))
+        pending.append(
+            (np.full_like(cols, row), cols, filled, cell_valid_fraction(vtiles, grid, row))
+        )
         count += len(cols)
         while count >= batch_size:
             yield _take(pending, batch_size)

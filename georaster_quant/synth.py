@@ -58,21 +58,158 @@ S2_BANDS: tuple[tuple[str, int], ...] = (
 )
 #: Which bands a scene with N bands gets: the first N of this list, then sorted by wavelength.
 _BAND_PRIORITY = (
-    "blue", "green", "red", "nir", "swir1", "swir2", "rededge1", "rededge2", "rededge3",
-    "nir08", "coastal", "water_vapour", "cirrus",
+    "blue",
+    "green",
+    "red",
+    "nir",
+    "swir1",
+    "swir2",
+    "rededge1",
+    "rededge2",
+    "rededge3",
+    "nir08",
+    "coastal",
+    "water_vapour",
+    "cirrus",
 )
 
 # Endmember reflectance spectra, one value per band of S2_BANDS (fixed for every seed).
 _SPECTRA = {
-    "water": (0.060, 0.055, 0.048, 0.030, 0.025, 0.020, 0.018, 0.015, 0.014, 0.010, 0.002, 0.008, 0.005),
-    "forest": (0.030, 0.032, 0.058, 0.032, 0.085, 0.220, 0.280, 0.300, 0.310, 0.100, 0.005, 0.150, 0.070),
-    "grass": (0.050, 0.052, 0.092, 0.070, 0.140, 0.250, 0.300, 0.320, 0.330, 0.120, 0.006, 0.240, 0.140),
-    "crop": (0.038, 0.040, 0.085, 0.042, 0.130, 0.300, 0.370, 0.400, 0.410, 0.140, 0.006, 0.220, 0.110),
-    "soil": (0.085, 0.095, 0.125, 0.165, 0.185, 0.205, 0.225, 0.240, 0.250, 0.130, 0.008, 0.320, 0.260),
-    "concrete": (0.160, 0.170, 0.180, 0.190, 0.195, 0.200, 0.205, 0.210, 0.212, 0.150, 0.010, 0.230, 0.210),
-    "tile_roof": (0.070, 0.075, 0.100, 0.190, 0.210, 0.225, 0.235, 0.245, 0.250, 0.140, 0.008, 0.300, 0.250),
-    "asphalt": (0.065, 0.068, 0.072, 0.078, 0.080, 0.082, 0.085, 0.088, 0.090, 0.070, 0.004, 0.100, 0.095),
-    "cloud": (0.520, 0.500, 0.480, 0.470, 0.470, 0.465, 0.460, 0.455, 0.450, 0.300, 0.080, 0.350, 0.250),
+    "water": (
+        0.060,
+        0.055,
+        0.048,
+        0.030,
+        0.025,
+        0.020,
+        0.018,
+        0.015,
+        0.014,
+        0.010,
+        0.002,
+        0.008,
+        0.005,
+    ),
+    "forest": (
+        0.030,
+        0.032,
+        0.058,
+        0.032,
+        0.085,
+        0.220,
+        0.280,
+        0.300,
+        0.310,
+        0.100,
+        0.005,
+        0.150,
+        0.070,
+    ),
+    "grass": (
+        0.050,
+        0.052,
+        0.092,
+        0.070,
+        0.140,
+        0.250,
+        0.300,
+        0.320,
+        0.330,
+        0.120,
+        0.006,
+        0.240,
+        0.140,
+    ),
+    "crop": (
+        0.038,
+        0.040,
+        0.085,
+        0.042,
+        0.130,
+        0.300,
+        0.370,
+        0.400,
+        0.410,
+        0.140,
+        0.006,
+        0.220,
+        0.110,
+    ),
+    "soil": (
+        0.085,
+        0.095,
+        0.125,
+        0.165,
+        0.185,
+        0.205,
+        0.225,
+        0.240,
+        0.250,
+        0.130,
+        0.008,
+        0.320,
+        0.260,
+    ),
+    "concrete": (
+        0.160,
+        0.170,
+        0.180,
+        0.190,
+        0.195,
+        0.200,
+        0.205,
+        0.210,
+        0.212,
+        0.150,
+        0.010,
+        0.230,
+        0.210,
+    ),
+    "tile_roof": (
+        0.070,
+        0.075,
+        0.100,
+        0.190,
+        0.210,
+        0.225,
+        0.235,
+        0.245,
+        0.250,
+        0.140,
+        0.008,
+        0.300,
+        0.250,
+    ),
+    "asphalt": (
+        0.065,
+        0.068,
+        0.072,
+        0.078,
+        0.080,
+        0.082,
+        0.085,
+        0.088,
+        0.090,
+        0.070,
+        0.004,
+        0.100,
+        0.095,
+    ),
+    "cloud": (
+        0.520,
+        0.500,
+        0.480,
+        0.470,
+        0.470,
+        0.465,
+        0.460,
+        0.455,
+        0.450,
+        0.300,
+        0.080,
+        0.350,
+        0.250,
+    ),
 }
 #: Class probabilities of a patch.
 _CLASS_WEIGHTS = np.array([0.12, 0.20, 0.18, 0.20, 0.14, 0.16])
@@ -134,7 +271,9 @@ def _value_noise(ys: np.ndarray, xs: np.ndarray, scale: float, seed: int, salt: 
     return along_x[cy] * (1.0 - ty)[:, None] + along_x[cy + 1] * ty[:, None]
 
 
-def _fbm(ys: np.ndarray, xs: np.ndarray, scale: float, octaves: int, seed: int, salt: int) -> np.ndarray:
+def _fbm(
+    ys: np.ndarray, xs: np.ndarray, scale: float, octaves: int, seed: int, salt: int
+) -> np.ndarray:
     """Fractal sum of value noise, normalised to [0, 1]."""
     total = np.zeros((ys.size, xs.size))
     amp, norm = 1.0, 0.0
@@ -266,7 +405,12 @@ class SceneRenderer:
         return best_y, best_x, np.minimum(cls, len(CLASSES) - 1)
 
     def _surface(
-        self, ys: np.ndarray, xs: np.ndarray, site_y: np.ndarray, site_x: np.ndarray, cls: np.ndarray
+        self,
+        ys: np.ndarray,
+        xs: np.ndarray,
+        site_y: np.ndarray,
+        site_x: np.ndarray,
+        cls: np.ndarray,
     ) -> np.ndarray:
         """Ground reflectance with class spectra, per-patch variability and class texture."""
         seed, sp = self.spec.seed, self._spectra
@@ -314,9 +458,7 @@ class SceneRenderer:
             put(m, sp["crop"][:, None] * crop + sp["soil"][:, None] * (1 - crop))
         m = cls == 4  # built-up: a street grid with roofs of several materials, shadows, gardens
         if m.any():
-            yi, xi = np.broadcast_arrays(
-                ys[:, None].astype(np.int64), xs[None, :].astype(np.int64)
-            )
+            yi, xi = np.broadcast_arrays(ys[:, None].astype(np.int64), xs[None, :].astype(np.int64))
             yi, xi = yi[m], xi[m]
             street = ((yi % 11) < 2) | ((xi % 13) < 2)
             kind = _unit(_hash(seed, 100, yi // 11, xi // 13))
@@ -376,18 +518,24 @@ def generate_scene(
     for p in (scene_path, labels_path):
         check_output_path(p, overwrite=overwrite)
     renderer = SceneRenderer(spec)
-    common = dict(
-        width=spec.width, height=spec.height, crs=CRS, transform=spec.transform, cog=cog
-    )
+    common = dict(width=spec.width, height=spec.height, crs=CRS, transform=spec.transform, cog=cog)
     windows = list(iter_windows(spec.width, spec.height, chunk))
     from tqdm.auto import tqdm
 
-    with write_raster(
-        scene_path, count=spec.bands, dtype="uint16", nodata=SCENE_NODATA, **common
-    ) as scene, write_raster(
-        labels_path, count=1, dtype="uint8", nodata=LABEL_NODATA,
-        overview_resampling="mode", **common,
-    ) as labels, ThreadPoolExecutor(max(1, workers)) as pool:
+    with (
+        write_raster(
+            scene_path, count=spec.bands, dtype="uint16", nodata=SCENE_NODATA, **common
+        ) as scene,
+        write_raster(
+            labels_path,
+            count=1,
+            dtype="uint8",
+            nodata=LABEL_NODATA,
+            overview_resampling="mode",
+            **common,
+        ) as labels,
+        ThreadPoolExecutor(max(1, workers)) as pool,
+    ):
         scene.set_band_names(renderer.band_names)
         scene.update_tags(
             REFLECTANCE_SCALE=REFLECTANCE_SCALE, SYNTH_SEED=spec.seed, GENERATOR="georaster_quant"
@@ -398,7 +546,10 @@ def generate_scene(
         labels.update_tags(CLASSES=",".join(name for name, _ in CLASSES), SYNTH_SEED=spec.seed)
         labels.write_colormap(1, {i: rgb for i, (_, rgb) in enumerate(CLASSES)})
         bar = tqdm(
-            total=spec.width * spec.height, unit="px", unit_scale=True, disable=not progress,
+            total=spec.width * spec.height,
+            unit="px",
+            unit_scale=True,
+            disable=not progress,
             desc="synth",
         )
         # Keep at most 2 x workers windows in flight so memory does not grow with the scene.

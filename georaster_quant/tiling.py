@@ -138,7 +138,10 @@ class TileGrid:
             raise IndexError(f"row {row} is outside the grid's {rows} rows")
         before = self.halo[0]
         return Window(
-            row * self.step - before, -before, self.tile_size, (cols - 1) * self.step + self.tile_size
+            row * self.step - before,
+            -before,
+            self.tile_size,
+            (cols - 1) * self.step + self.tile_size,
         )
 
     def output_transform(self, transform: Affine) -> Affine:

@@ -24,8 +24,8 @@ from georaster_quant.bundle import (
     ClassInfo,
     InputContract,
     Normalization,
-    save_bundle,
     provenance,
+    save_bundle,
 )
 from georaster_quant.errors import ConfigError, TrainingDataError
 from georaster_quant.io import RasterReader, check_output_path
@@ -35,8 +35,16 @@ from georaster_quant.threads import available_cores
 
 #: Colours for classes of a label raster without a colour table.
 _FALLBACK_COLORS = [
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
 ]
 
 
@@ -153,17 +161,28 @@ def train(
                 raise TrainingDataError(
                     f"{lab.info.path}: no CLASSES tag; pass --num-classes to say how many classes"
                 )
-            table = ([f"class_{i}" for i in range(k)], _FALLBACK_COLORS[:k] * (k // 10 + 1))
+            table = ([f"class_{i}" for i in range(k)], (_FALLBACK_COLORS * (k // 10 + 1))[:k])
         names, colors = table
         info = img.info
         tiles = sample_tiles(
-            img, lab, tile_size=cfg.tile_size, stride=cfg.sample_stride,
-            label_footprint=cfg.label_footprint, num_classes=len(names),
-            min_valid=cfg.min_valid, max_tiles=cfg.max_tiles, seed=cfg.seed,
+            img,
+            lab,
+            tile_size=cfg.tile_size,
+            stride=cfg.sample_stride,
+            label_footprint=cfg.label_footprint,
+            num_classes=len(names),
+            min_valid=cfg.min_valid,
+            max_tiles=cfg.max_tiles,
+            seed=cfg.seed,
         )
     train_idx, val_idx, val_blocks = spatial_split(
-        tiles, height=info.height, width=info.width, tile_size=cfg.tile_size,
-        block=cfg.split_block, val_fraction=cfg.val_fraction, seed=cfg.seed,
+        tiles,
+        height=info.height,
+        width=info.width,
+        tile_size=cfg.tile_size,
+        block=cfg.split_block,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
     )
     train_set, val_set = tiles.subset(train_idx), tiles.subset(val_idx)
     if len(train_set) < cfg.batch_size:
@@ -180,8 +199,13 @@ def train(
     fill = np.asarray(norm["center"], dtype=np.float32)
 
     model = GeoRasterCNN(
-        info.count, len(names), cfg.tile_size, spec,
-        center=norm["center"], scale=norm["scale"], clip=norm["clip"],
+        info.count,
+        len(names),
+        cfg.tile_size,
+        spec,
+        center=norm["center"],
+        scale=norm["scale"],
+        clip=norm["clip"],
     )
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = math.ceil(len(train_set) / cfg.batch_size)
@@ -232,8 +256,11 @@ def train(
         kind="georaster_quant.bundle",
         model_name=out.name,
         architecture=Architecture(
-            name=cfg.arch, spec=spec.to_dict(), in_channels=info.count,
-            num_classes=len(names), tile_size=cfg.tile_size,
+            name=cfg.arch,
+            spec=spec.to_dict(),
+            in_channels=info.count,
+            num_classes=len(names),
+            tile_size=cfg.tile_size,
         ),
         input=InputContract(
             bands=list(info.bands),
@@ -247,7 +274,7 @@ def train(
             label_footprint=cfg.label_footprint,
         ),
         normalization=Normalization(**norm),
-        classes=[ClassInfo(name=n, color=c) for n, c in zip(names, colors)],
+        classes=[ClassInfo(name=n, color=c) for n, c in zip(names, colors, strict=True)],
         metrics={
             "fp32": {"val_accuracy": best_acc},
             "val_tiles": len(val_set),
@@ -264,6 +291,11 @@ def train(
     )
     save_bundle(out, model, meta, overwrite=overwrite)
     return TrainResult(
-        bundle=out, val_accuracy=best_acc, train_tiles=len(train_set), val_tiles=len(val_set),
-        epochs_run=len(history), seconds=time.perf_counter() - t0, history=history,
+        bundle=out,
+        val_accuracy=best_acc,
+        train_tiles=len(train_set),
+        val_tiles=len(val_set),
+        epochs_run=len(history),
+        seconds=time.perf_counter() - t0,
+        history=history,
     )

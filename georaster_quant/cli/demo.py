@@ -11,10 +11,20 @@ from georaster_quant.cli.options import config_option, quiet_option
 
 
 @click.command("demo")
-@click.option("--output", type=click.Path(file_okay=False), default="runs/demo", show_default=True,
-              help="Folder for the scenes, the bundle and the evaluation.")
-@click.option("--size", type=click.IntRange(min=256), default=2048, show_default=True,
-              help="Edge of the training scene in pixels.")
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False),
+    default="runs/demo",
+    show_default=True,
+    help="Folder for the scenes, the bundle and the evaluation.",
+)
+@click.option(
+    "--size",
+    type=click.IntRange(min=256),
+    default=2048,
+    show_default=True,
+    help="Edge of the training scene in pixels.",
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @quiet_option
@@ -37,7 +47,9 @@ def command(output: str, size: int, epochs: int, seed: int, quiet: bool) -> None
 
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    click.echo(f"1/4 synthetic scenes in {out}/ (train {size}x{size} seed {seed}, test seed {seed + 1000})")
+    click.echo(
+        f"1/4 synthetic scenes in {out}/ (train {size}x{size} seed {seed}, test seed {seed + 1000})"
+    )
     tr_scene, tr_labels = generate_scene(
         out / "train", SceneSpec(size, size, 4, seed), overwrite=True, progress=not quiet
     )
@@ -47,8 +59,12 @@ def command(output: str, size: int, epochs: int, seed: int, quiet: bool) -> None
     )
     click.echo("2/4 training the default GeoRasterCNN")
     result = train(
-        tr_scene, tr_labels, out / "model", TrainConfig(epochs=epochs, seed=seed),
-        overwrite=True, progress=not quiet,
+        tr_scene,
+        tr_labels,
+        out / "model",
+        TrainConfig(epochs=epochs, seed=seed),
+        overwrite=True,
+        progress=not quiet,
     )
     click.echo(f"    validation accuracy {result.val_accuracy:.2%} ({result.seconds:.0f} s)")
     click.echo("3/4 spectral-only baseline on the same tiles")
@@ -72,10 +88,13 @@ def spectral_baseline(tr_scene: Path, tr_labels: Path, te_scene: Path, te_labels
 
     def tiles(scene: Path, labels: Path):  # type: ignore[no-untyped-def]
         with RasterReader(scene) as img, RasterReader(labels) as lab:
-            return sample_tiles(img, lab, tile_size=64, stride=32, label_footprint=32,
-                                num_classes=6, max_tiles=8000)
+            return sample_tiles(
+                img, lab, tile_size=64, stride=32, label_footprint=32, num_classes=6, max_tiles=8000
+            )
 
     train_tiles, test_tiles = tiles(tr_scene, tr_labels), tiles(te_scene, te_labels)
-    clf = SpectralMeanClassifier().fit(tile_means(train_tiles.data, train_tiles.valid), train_tiles.labels)
+    clf = SpectralMeanClassifier().fit(
+        tile_means(train_tiles.data, train_tiles.valid), train_tiles.labels
+    )
     pred = clf.predict(tile_means(test_tiles.data, test_tiles.valid))
     return float((pred == test_tiles.labels).mean())

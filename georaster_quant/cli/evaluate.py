@@ -20,7 +20,10 @@ from georaster_quant.cli.options import (
 
 def format_results(results: list[dict[str, Any]]) -> str:
     """A terminal table of evaluation results, then per-class F1."""
-    head = f"{'model':<28} {'quant':<17} {'accuracy':>8} {'macroF1':>8} {'agree':>7} {'size':>9} {'ms/batch':>9} {'cells':>7}"
+    head = (
+        f"{'model':<28} {'quant':<17} {'accuracy':>8} {'macroF1':>8} {'agree':>7} "
+        f"{'size':>9} {'ms/batch':>9} {'cells':>7}"
+    )
     rows = [head, "-" * len(head)]
     for r in results:
         rows.append(
@@ -37,19 +40,37 @@ def format_results(results: list[dict[str, Any]]) -> str:
 
 
 @click.command("evaluate")
-@click.option("--weights", required=True, multiple=True, type=click.Path(),
-              help="Bundle to score; repeat to compare (agreement is with the first).")
+@click.option(
+    "--weights",
+    required=True,
+    multiple=True,
+    type=click.Path(),
+    help="Bundle to score; repeat to compare (agreement is with the first).",
+)
 @image_option
 @labels_option
 @stride_option
 @batch_size_option
 @bands_option
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Write the results as JSON to this file.")
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the results as JSON to this file.",
+)
 @quiet_option
 @config_option
-def command(weights: tuple[str, ...], image: str, labels: str, stride: int | None,
-            batch_size: int, bands: list[int] | None, json_path: str | None, quiet: bool) -> None:
+def command(
+    weights: tuple[str, ...],
+    image: str,
+    labels: str,
+    stride: int | None,
+    batch_size: int,
+    bands: list[int] | None,
+    json_path: str | None,
+    quiet: bool,
+) -> None:
     """Score each --weights on every cell of IMAGE's prediction grid against LABELS.
 
     A cell's truth is the majority label of its footprint (stride x stride pixels); cells
@@ -69,7 +90,12 @@ def command(weights: tuple[str, ...], image: str, labels: str, stride: int | Non
     if json_path:
         check_output_path(json_path, overwrite=True)
     results = evaluate(
-        list(weights), image, labels, stride=stride, batch_size=batch_size, bands=bands,
+        list(weights),
+        image,
+        labels,
+        stride=stride,
+        batch_size=batch_size,
+        bands=bands,
         progress=not quiet,
     )
     click.echo(format_results(results))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
 from georaster_quant.cli.options import config_option
 
 
-def contract(path: str) -> dict[str, object]:
+def contract(path: str) -> dict[str, Any]:
     """The bundle's contract as one JSON-ready mapping."""
     from georaster_quant.bundle import read_meta
 
@@ -26,18 +27,33 @@ def contract(path: str) -> dict[str, object]:
         "dtype": meta.input.dtype,
         "nodata": meta.input.nodata,
         "fill_values": meta.input.fill_values,
-        "normalization": {
-            "mode": meta.normalization.mode,
-            "center": meta.normalization.center,
-            "scale": meta.normalization.scale,
-            "clip": meta.normalization.clip,
-        },
+        "normalization": meta.normalization.model_dump(mode="json", exclude={"stats"}),
         "classes": [{"name": c.name, "color": list(c.color)} for c in meta.classes],
         "quantization": meta.quantization.model_dump(mode="json"),
         "metrics": meta.metrics,
         "size_bytes": meta.weights.size_bytes if meta.weights else None,
         "provenance": meta.provenance.model_dump(mode="json"),
     }
+
+
+def format_contract(c: dict[str, Any]) -> str:
+    """The contract as aligned lines for the terminal."""
+    norm = c["normalization"]
+    return "\n".join(
+        [
+            f"bundle         {c['path']} ({c['architecture']}, {c['quant_type']})",
+            f"input bands    {c['bands']}: {', '.join(str(n) for n in c['band_names'])}"
+            f" ({c['dtype']}, nodata {c['nodata']})",
+            f"tiles          {c['tile_size']} px, default stride {c['default_stride']} px",
+            f"normalization  {norm['mode']}, then clip to ±{norm['clip']:g}",
+            f"fill values    {', '.join(f'{v:.1f}' for v in c['fill_values'])}",
+            f"classes        {', '.join(k['name'] for k in c['classes'])}",
+            f"weights        {c['size_bytes']:,} bytes",
+            f"metrics        {json.dumps(c['metrics'])}",
+            f"trained on     {c['provenance']['training_raster']}"
+            f" (sha256 {c['provenance']['training_raster_sha256'][:12]}...)",
+        ]
+    )
 
 
 @click.command("info")
@@ -52,20 +68,5 @@ def command(bundle: str, as_json: bool) -> None:
       georaster-quant info runs/best
       georaster-quant info runs/best --json | jq .band_names
     """
-    info = contract(bundle)
-    if as_json:
-        click.echo(json.dumps(info, indent=2))
-        return
-    norm = info["normalization"]
-    assert isinstance(norm, dict)
-    lines = [
-        f"bundle        {bundle} ({info['model_name']}, {info['architecture']}, {info['quant_type']})",
-        f"input         {info['bands']} bands {info['band_names']} ({info['dtype']}, nodata {info['nodata']})",
-        f"tiles         {info['tile_size']} px, default stride {info['default_stride']} px",
-        f"normalization {norm['mode']}, clip ±{norm['clip']}",
-        f"fill values   {[round(v, 2) for v in info['fill_values']]}",  # type: ignore[union-attr]
-        "classes       " + ", ".join(c["name"] for c in info["classes"]),  # type: ignore[union-attr,index]
-        f"weights       {info['size_bytes']} bytes",
-        f"metrics       {json.dumps(info['metrics'])}",
-    ]
-    click.echo("\n".join(lines))
+    c = contract(bundle)
+    click.echo(json.dumps(c, indent=2) if as_json else format_contract(c))

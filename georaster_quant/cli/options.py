@@ -13,8 +13,7 @@ F = Callable[..., Any]
 
 
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    if value:
-        assert ctx.command is not None
+    if value and ctx.command is not None:
         ctx.default_map = {**(ctx.default_map or {}), **load_config(value, ctx.command)}
     return value
 
@@ -31,7 +30,9 @@ def config_option(f: F) -> F:
     )(f)
 
 
-def parse_bands(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[int] | None:
+def parse_bands(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> list[int] | None:
     """Parse ``--bands 3,2,1,4`` into 1-based band indexes."""
     if value is None:
         return None
@@ -45,25 +46,35 @@ def parse_bands(_ctx: click.Context, _param: click.Parameter, value: str | None)
 
 
 image_option = click.option(
-    "--image", required=True, type=click.Path(dir_okay=False), help="Input raster (GeoTIFF, COG, VRT)."
+    "--image",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Input raster (GeoTIFF, COG, VRT).",
 )
 labels_option = click.option(
-    "--labels", required=True, type=click.Path(dir_okay=False),
+    "--labels",
+    required=True,
+    type=click.Path(dir_okay=False),
     help="Label raster on the image's pixel grid (uint8 class index, nodata ignored).",
 )
 stride_option = click.option(
-    "--stride", type=click.IntRange(min=1), default=None,
+    "--stride",
+    type=click.IntRange(min=1),
+    default=None,
     help="Prediction grid stride in pixels (default: the bundle's, = tile size).",
 )
 batch_size_option = click.option(
-    "--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
     help="Tiles per model call.",
 )
 bands_option = click.option(
-    "--bands", callback=parse_bands, default=None,
+    "--bands",
+    callback=parse_bands,
+    default=None,
     help="Raster bands (1-based) to feed the model, in the model's band order, e.g. 3,2,1,4.",
 )
-overwrite_option = click.option(
-    "--overwrite", is_flag=True, help="Replace an existing output."
-)
+overwrite_option = click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")

@@ -12,13 +12,19 @@ from georaster_quant.cli.options import config_option, overwrite_option, quiet_o
 @click.option("--width", type=click.IntRange(min=1), default=2048, show_default=True)
 @click.option("--height", type=click.IntRange(min=1), default=2048, show_default=True)
 @click.option(
-    "--bands", type=click.IntRange(3, 13), default=4, show_default=True,
+    "--bands",
+    type=click.IntRange(3, 13),
+    default=4,
+    show_default=True,
     help="Sentinel-2-like bands: blue, green, red, nir first, then swir1, swir2, red edges ...",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Scene seed (deterministic).")
 @click.option("--cog", is_flag=True, help="Write cloud-optimized GeoTIFFs with overviews.")
 @click.option(
-    "--chunk", type=click.IntRange(min=16), default=512, show_default=True,
+    "--chunk",
+    type=click.IntRange(min=16),
+    default=512,
+    show_default=True,
     help="Window size rendered at a time (memory ~ chunk^2 x bands x 100 bytes per worker).",
 )
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
@@ -26,8 +32,16 @@ from georaster_quant.cli.options import config_option, overwrite_option, quiet_o
 @quiet_option
 @config_option
 def command(
-    out_dir: str, width: int, height: int, bands: int, seed: int, cog: bool, chunk: int,
-    workers: int, overwrite: bool, quiet: bool,
+    out_dir: str,
+    width: int,
+    height: int,
+    bands: int,
+    seed: int,
+    cog: bool,
+    chunk: int,
+    workers: int,
+    overwrite: bool,
+    quiet: bool,
 ) -> None:
     """Write OUT_DIR/scene.tif and OUT_DIR/labels.tif: the built-in synthetic data.
 
@@ -46,7 +60,12 @@ def command(
 
     spec = SceneSpec(width=width, height=height, bands=bands, seed=seed)
     scene, labels = generate_scene(
-        out_dir, spec, cog=cog, chunk=chunk, workers=workers, overwrite=overwrite,
+        out_dir,
+        spec,
+        cog=cog,
+        chunk=chunk,
+        workers=workers,
+        overwrite=overwrite,
         progress=not quiet,
     )
     click.echo(f"wrote {scene} ({width}x{height}, {bands} bands) and {labels}")

@@ -1,0 +1,134 @@
+"""Model-choice table: accuracy and FP32/INT8 cost per architecture.
+
+Trains every named architecture on one synthetic scene, scores it on the cells of another
+(stride 16), quantizes it to per-channel static INT8 (fbgemm) and times FP32 and INT8 forward
+passes alternately in one run. Prints a Markdown table and writes JSON.
+
+    python benchmarks/models.py [--size 2048] [--epochs 20] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from georaster_quant.bundle import Bundle
+from georaster_quant.evaluate import evaluate
+from georaster_quant.io import RasterReader
+from georaster_quant.model import ARCHITECTURES, count_macs
+from georaster_quant.predict import predict_grid
+from georaster_quant.quantize import quantize_static, quiet
+from georaster_quant.sampling import sample_tiles
+from georaster_quant.synth import SceneSpec, generate_scene
+from georaster_quant.train import TrainConfig, train
+
+
+class ModuleBackend:
+    """A bare module behind the backend interface (for the INT8 column)."""
+
+    name = "torch-int8"
+
+    def __init__(self, module, meta):
+        self.module, self.meta, self.size_bytes = module, meta, 0
+
+    def __call__(self, batch):
+        with torch.inference_mode(), quiet():
+            return torch.softmax(self.module(torch.from_numpy(batch)), 1).numpy()
+
+
+def time_per_tile(modules, batch, threads, repeats=15):
+    """Median seconds per tile of each module, timed alternately (A, B, A, B ...)."""
+    torch.set_num_threads(threads)
+    x = torch.from_numpy(batch)
+    times = {k: [] for k in modules}
+    with torch.inference_mode(), quiet():
+        for m in modules.values():
+            for _ in range(3):
+                m(x)
+        for _ in range(repeats):
+            for k, m in modules.items():
+                t0 = time.perf_counter()
+                m(x)
+                times[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) / len(batch) for k, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--size", type=int, default=2048)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--archs", default=",".join(ARCHITECTURES))
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args()
+    out = Path(args.out)
+    data = out / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    tr = data / f"train_{args.size}"
+    te = data / f"test_{args.size * 3 // 4}"
+    if not (tr / "scene.tif").exists():
+        generate_scene(tr, SceneSpec(args.size, args.size, 4, 0), progress=False, overwrite=True)
+    if not (te / "scene.tif").exists():
+        n = args.size * 3 // 4
+        generate_scene(te, SceneSpec(n, n, 4, 4242), progress=False, overwrite=True)
+    with RasterReader(tr / "scene.tif") as img, RasterReader(tr / "labels.tif") as lab:
+        calib = sample_tiles(img, lab, tile_size=64, stride=64, label_footprint=32,
+                             num_classes=6, max_tiles=256, seed=1)
+    rows = []
+    for arch in args.archs.split(","):
+        bdir = out / "models" / arch
+        bdir.parent.mkdir(parents=True, exist_ok=True)
+        res = train(tr / "scene.tif", tr / "labels.tif", bdir,
+                    TrainConfig(arch=arch, epochs=args.epochs), overwrite=True, progress=False)
+        bundle = Bundle(bdir)
+        fill = np.asarray(bundle.meta.input.fill_values, np.float32)[None, :, None, None]
+        x = np.where(calib.valid[:, None], calib.data.astype(np.float32), fill)
+        int8 = quantize_static(bundle.model, (x[i:i + 32] for i in range(0, len(x), 32)))
+        fp32_eval = evaluate([bdir], te / "scene.tif", te / "labels.tif", stride=16)[0]
+        pred = predict_grid(ModuleBackend(int8, bundle.meta), te / "scene.tif", stride=16)
+        ref = predict_grid(ModuleBackend(bundle.model, bundle.meta), te / "scene.tif", stride=16)
+        truth_acc = fp32_eval["accuracy"]
+        agree = float((pred.classes == ref.classes)[ref.valid].mean())
+        batch = x[:32]
+        t2 = time_per_tile({"fp32": bundle.model, "int8": int8}, batch, threads=2)
+        t1 = time_per_tile({"fp32": bundle.model, "int8": int8}, batch, threads=1)
+        macs = count_macs(bundle.model)
+        row = {
+            "arch": arch,
+            "spec": bundle.meta.architecture.spec,
+            "params": sum(p.numel() for p in bundle.model.parameters()),
+            "macs_per_tile": macs,
+            "macs_per_pixel": macs / 64 / 64,
+            "val_tile_accuracy": res.val_accuracy,
+            "test_cell_accuracy_fp32": truth_acc,
+            "int8_agreement": agree,
+            "train_seconds": res.seconds,
+            "fp32_us_per_tile_2t": t2["fp32"] * 1e6,
+            "int8_us_per_tile_2t": t2["int8"] * 1e6,
+            "fp32_us_per_tile_1t": t1["fp32"] * 1e6,
+            "int8_us_per_tile_1t": t1["int8"] * 1e6,
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    cpu = torch.backends.cpu.get_cpu_capability()
+    result = {"cpu_capability": cpu, "torch": torch.__version__, "rows": rows}
+    (out / "models.json").write_text(json.dumps(result, indent=2))
+    print(f"\nCPU capability: {cpu}; batch 32 tiles of 4x64x64; test scene {te.name}, stride 16\n")
+    print("| arch | MACs/tile | MACs/px | val tile acc | test cell acc | INT8 agree | "
+          "FP32 µs/tile 2t | INT8 µs/tile 2t | FP32 1t | INT8 1t | INT8 speed-up 2t |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['arch']} | {r['macs_per_tile'] / 1e6:.2f} M | {r['macs_per_pixel']:.0f} | "
+              f"{r['val_tile_accuracy']:.1%} | {r['test_cell_accuracy_fp32']:.1%} | "
+              f"{r['int8_agreement']:.1%} | {r['fp32_us_per_tile_2t']:.0f} | "
+              f"{r['int8_us_per_tile_2t']:.0f} | {r['fp32_us_per_tile_1t']:.0f} | "
+              f"{r['int8_us_per_tile_1t']:.0f} | "
+              f"{r['fp32_us_per_tile_2t'] / r['int8_us_per_tile_2t']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Every shipped YAML config validates against the commands it names."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from georaster_quant.cli.main import cli
+from georaster_quant.config import load_config
+from georaster_quant.errors import ConfigError
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_config_validates(path):
+    raw = yaml.safe_load(path.read_text())
+    sections = [k for k in raw if k in cli.commands] or ["train"]
+    for name in sections:
+        options = load_config(path, cli.commands[name])
+        assert options, f"{path.name}: section {name} is empty"
+
+
+def test_unknown_key_and_bad_type_are_refused(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\ntrain:\n  epochz: 3\n")
+    with pytest.raises(ConfigError, match="epochz"):
+        load_config(bad, cli.commands["train"])
+    bad.write_text("version: 1\nepochs: many\n")
+    with pytest.raises(ConfigError, match="epochs"):
+        load_config(bad, cli.commands["train"])
+    bad.write_text("version: 7\n")
+    with pytest.raises(ConfigError, match="version"):
+        load_config(bad, cli.commands["train"])
