@@ -25,7 +25,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window as RioWindow
 
 from georaster_quant.errors import BandMismatchError, OutputPathError, RasterInputError
-from georaster_quant.tiling import Window, mirror_pad
+from georaster_quant.tiling import Window, mirror_take, source_window
 
 #: GDAL block cache for our readers, in MB. GDAL's default (5 % of RAM) is far larger than
 #: anything we need because every reader here reads each block once, in order.
@@ -139,9 +139,7 @@ class RasterReader:
         alpha band or mask band says so.
         """
         info = self.info
-        inside = window.clip(info.height, info.width)
-        if inside.height == 0 or inside.width == 0:
-            raise ValueError(f"window {window} does not intersect the raster")
+        inside = source_window(window, info.height, info.width)
         rio_window = RioWindow(inside.col_off, inside.row_off, inside.width, inside.height)
         try:
             raw = self._ds.read(list(info.bands), window=rio_window)
@@ -161,8 +159,8 @@ class RasterReader:
             scales, offsets = self._scale
             data = (data * scales[:, None, None] + offsets[:, None, None]).astype(np.float32)
         return (
-            mirror_pad(data, window, info.height, info.width),
-            mirror_pad(valid, window, info.height, info.width),
+            mirror_take(data, inside, window, info.height, info.width),
+            mirror_take(valid, inside, window, info.height, info.width),
         )
 
     def class_table(self) -> tuple[list[str], list[tuple[int, int, int]]] | None:

@@ -61,6 +61,7 @@ class BandNormalizer:
             "_reservoir",
             "_rng",
             "_restored_percentiles",
+            "_restored_affine",
         ):
             self.__dict__.pop(name, None)
 
@@ -152,6 +153,8 @@ class BandNormalizer:
     def center_(self) -> np.ndarray:
         """Raw value mapped to 0, per band."""
         self._check_fitted()
+        if hasattr(self, "_restored_affine"):
+            return self._restored_affine[0].copy()
         if self.mode == "zscore":
             return self.mean_.copy()
         lo, hi = self._range()
@@ -161,6 +164,8 @@ class BandNormalizer:
     def scale_(self) -> np.ndarray:
         """Raw distance mapped to 1, per band; zero spread is guarded with 1."""
         self._check_fitted()
+        if hasattr(self, "_restored_affine"):
+            return self._restored_affine[1].copy()
         if self.mode == "zscore":
             scale = self.std_
         else:
@@ -224,6 +229,10 @@ class BandNormalizer:
         self.m2_ = np.asarray(stats["std"], dtype=np.float64) ** 2 * self.n_samples_
         self.min_ = np.asarray(stats["min"], dtype=np.float64)
         self.max_ = np.asarray(stats["max"], dtype=np.float64)
+        self._restored_affine = (
+            np.asarray(params["center"], dtype=np.float64),
+            np.asarray(params["scale"], dtype=np.float64),
+        )
         self._restored_percentiles = np.stack(
             [np.asarray(stats["percentile_low"]), np.asarray(stats["percentile_high"])], axis=1
         )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from georaster_quant.io import RasterReader
-from georaster_quant.tiling import TileGrid, Window, mirror_pad, tiles_from_strip
+from georaster_quant.tiling import TileGrid, Window, mirror_take, source_window, tiles_from_strip
 
 
 def iter_row_strips(
@@ -23,30 +23,30 @@ def iter_row_strips(
     info = reader.info
     height, width = info.height, info.width
     block_rows = max(1, info.block_shape[0])
-    buf_start, data, valid = 0, None, None
+    buf_start = 0
+    data = np.empty((info.count, 0, width), dtype=np.float32)
+    valid = np.empty((0, width), dtype=bool)
     for row in range(grid.shape[0]):
         window = grid.row_window(row)
-        inside = window.clip(height, width)
-        r0, r1 = inside.row_off, inside.row_end
-        buf_end = buf_start + (0 if data is None else data.shape[1])
-        if data is not None and r0 > buf_start:  # drop rows no later tile needs
-            drop = min(r0, buf_end) - buf_start
-            data, valid = data[:, drop:], valid[drop:]
-            buf_start += drop
-        if r1 > buf_end:
-            start = max(buf_end, r0)
+        source = source_window(window, height, width)  # full width; rows incl. mirrored ones
+        r0, r1 = source.row_off, source.row_end
+        buf_end = buf_start + valid.shape[0]
+        if r0 >= buf_end:  # nothing buffered is needed any more
+            data, valid, buf_start = data[:, :0], valid[:0], r0
+        elif r0 > buf_start:  # drop rows no later tile needs (sources only move down)
+            data, valid = data[:, r0 - buf_start :], valid[r0 - buf_start :]
+            buf_start = r0
+        buf_end = buf_start + valid.shape[0]
+        if r1 > buf_end:  # read on to the end of the block row so no block is decoded twice
             stop = min(height, -(-r1 // block_rows) * block_rows)
-            new_data, new_valid = reader.read(Window(start, 0, stop - start, width))
-            if data is None or data.shape[1] == 0:
-                data, valid, buf_start = new_data, new_valid, start
-            else:
-                data = np.concatenate([data, new_data], axis=1)
-                valid = np.concatenate([valid, new_valid], axis=0)
+            new_data, new_valid = reader.read(Window(buf_end, 0, stop - buf_end, width))
+            data = np.concatenate([data, new_data], axis=1)
+            valid = np.concatenate([valid, new_valid], axis=0)
         lo, hi = r0 - buf_start, r1 - buf_start
         yield (
             row,
-            mirror_pad(data[:, lo:hi], window, height, width),
-            mirror_pad(valid[lo:hi], window, height, width),
+            mirror_take(data[:, lo:hi], source, window, height, width),
+            mirror_take(valid[lo:hi], source, window, height, width),
         )
 
 

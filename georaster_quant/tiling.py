@@ -146,19 +146,46 @@ class TileGrid:
 
     def output_transform(self, transform: Affine) -> Affine:
         """Georeferencing of the output grid given the input raster's transform."""
-        return transform * Affine.scale(self.step)
+        return transform @ Affine.scale(self.step)
 
 
-def mirror_pad(array: np.ndarray, window: Window, height: int, width: int) -> np.ndarray:
-    """Extend ``array`` (the in-raster part of ``window``) to the full window by mirroring.
+def mirror_index(index: np.ndarray, n: int) -> np.ndarray:
+    """Map pixel indices onto ``[0, n)`` by mirroring with the edge pixel repeated.
 
-    The last two axes of ``array`` are rows and columns. Uses numpy's ``symmetric`` mode (edge
-    pixel repeated), which is also correct for rasters narrower than the padding.
+    This is numpy's ``mode="symmetric"`` applied as often as needed, so it also holds for
+    rasters narrower than the padding (a 1-pixel raster repeats its pixel).
     """
-    pads = window.padding(height, width)
-    if pads == ((0, 0), (0, 0)):
+    i = np.mod(index, 2 * n)
+    return np.where(i < n, i, 2 * n - 1 - i)
+
+
+def _mirrored(window: Window, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    rows = mirror_index(np.arange(window.row_off, window.row_end), height)
+    cols = mirror_index(np.arange(window.col_off, window.col_end), width)
+    return rows, cols
+
+
+def source_window(window: Window, height: int, width: int) -> Window:
+    """The in-raster window holding every pixel ``window`` needs once mirrored."""
+    if window.clip(height, width) == window:
+        return window
+    rows, cols = _mirrored(window, height, width)
+    r0, c0 = int(rows.min()), int(cols.min())
+    return Window(r0, c0, int(rows.max()) - r0 + 1, int(cols.max()) - c0 + 1)
+
+
+def mirror_take(
+    array: np.ndarray, source: Window, window: Window, height: int, width: int
+) -> np.ndarray:
+    """Cut ``window`` from ``array``, the pixels of ``source``, mirroring outside the raster.
+
+    The last two axes of ``array`` are rows and columns; ``source`` must contain
+    :func:`source_window` of ``window``.
+    """
+    if source == window:
         return array
-    return np.pad(array, ((0, 0),) * (array.ndim - 2) + pads, mode="symmetric")
+    rows, cols = _mirrored(window, height, width)
+    return array[..., (rows - source.row_off)[:, None], (cols - source.col_off)[None, :]]
 
 
 def tiles_from_strip(strip: np.ndarray, grid: TileGrid) -> np.ndarray:

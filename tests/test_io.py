@@ -177,14 +177,6 @@ def test_windows_outside_the_raster_are_mirrored(make_tif, window: Window, tiled
     np.testing.assert_array_equal(valid, padded_valid[rows, cols])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: RasterReader.read mirrors only the in-raster part of the window "
-        "(tiling.mirror_pad), so a window reaching further outside than inside gets the "
-        "edge strip repeated instead of numpy-symmetric mirroring of the raster"
-    ),
-)
 @pytest.mark.parametrize(
     "window",
     [
@@ -206,10 +198,14 @@ def test_windows_far_outside_the_raster_are_mirrored_like_numpy(make_tif, window
     np.testing.assert_array_equal(data, expected.astype(np.float32))
 
 
-def test_window_wholly_outside_is_refused(make_tif) -> None:
-    path = make_tif("o.tif", ramp(1, 10, 10))
-    with RasterReader(path) as reader, pytest.raises(ValueError):
-        reader.read(Window(20, 20, 5, 5))
+def test_window_wholly_outside_is_mirrored_too(make_tif) -> None:
+    array = ramp(1, 10, 10)
+    path = make_tif("o.tif", array)
+    padded = np.pad(array, ((0, 0), (25, 25), (25, 25)), mode="symmetric")
+    with RasterReader(path) as reader:
+        data, valid = reader.read(Window(20, 20, 5, 5))
+    np.testing.assert_array_equal(data, padded[:, 45:50, 45:50].astype(np.float32))
+    assert valid.shape == (5, 5)
 
 
 @pytest.mark.parametrize("shape", [(10, 1), (1, 10), (1, 1)], ids=str)
@@ -273,9 +269,7 @@ def test_nonexistent_band_is_a_band_mismatch(make_tif) -> None:
 
 @pytest.fixture
 def named_info(make_tif):
-    path = make_tif(
-        "named.tif", ramp(4, 4, 4), descriptions=["Blue", "Green", "Red", "NIR"]
-    )
+    path = make_tif("named.tif", ramp(4, 4, 4), descriptions=["Blue", "Green", "Red", "NIR"])
     return read_info(path)
 
 
@@ -286,7 +280,10 @@ def unnamed_info(make_tif):
 
 def test_select_bands_explicit_list_wins(named_info) -> None:
     assert select_bands(named_info, ["blue", "green", "red", "nir"], explicit=[3, 2, 1, 4]) == [
-        3, 2, 1, 4,
+        3,
+        2,
+        1,
+        4,
     ]
 
 
@@ -393,8 +390,16 @@ TRANSFORM = Affine(20.0, 0.0, 300_000.0, 0.0, -20.0, 6_000_000.0)
 def _write(path: Path, array: np.ndarray, **kwargs) -> None:
     bands, height, width = array.shape
     with write_raster(
-        path, width=width, height=height, count=bands, dtype=array.dtype.name,
-        crs="EPSG:32633", transform=TRANSFORM, nodata=255, blocksize=32, **kwargs,
+        path,
+        width=width,
+        height=height,
+        count=bands,
+        dtype=array.dtype.name,
+        crs="EPSG:32633",
+        transform=TRANSFORM,
+        nodata=255,
+        blocksize=32,
+        **kwargs,
     ) as writer:
         for r0 in range(0, height, 32):  # one window at a time, like the runner
             window = Window(r0, 0, min(32, height - r0), width)
@@ -436,8 +441,16 @@ def test_write_raster_failure_leaves_nothing_at_the_path(tmp_path: Path, cog: bo
     out = tmp_path / "map.tif"
     with pytest.raises(RuntimeError, match="inference failed"):
         with write_raster(
-            out, width=40, height=40, count=1, dtype="uint8", crs="EPSG:32633",
-            transform=TRANSFORM, nodata=255, blocksize=16, cog=cog,
+            out,
+            width=40,
+            height=40,
+            count=1,
+            dtype="uint8",
+            crs="EPSG:32633",
+            transform=TRANSFORM,
+            nodata=255,
+            blocksize=16,
+            cog=cog,
         ) as writer:
             writer[Window(0, 0, 16, 40)] = np.zeros((16, 40), dtype=np.uint8)
             raise RuntimeError("inference failed")

@@ -21,7 +21,7 @@ FILL = np.array([-1.0, -2.0, -3.0], dtype=np.float32)
 
 # 190 x 176: every edge cell's halo is no deeper than the in-raster part of its tile for
 # strides 64, 16 and 13, so reader windows agree with numpy symmetric padding of the raster
-# (see the xfail at the end for the other case).
+# (the tests at the end cover a 200x150 raster with narrow edge cells).
 HEIGHT, WIDTH = 190, 176
 
 
@@ -62,7 +62,7 @@ def test_batches_cover_the_grid_once_in_row_major_order(raster, stride: int) -> 
         batches = collect(reader, grid, batch_size=7)
     sizes = [len(b) for b in batches]
     assert all(n == 7 for n in sizes[:-1]) and 1 <= sizes[-1] <= 7
-    cells = [(int(r), int(c)) for b in batches for r, c in zip(b.rows, b.cols)]
+    cells = [(int(r), int(c)) for b in batches for r, c in zip(b.rows, b.cols, strict=True)]
     assert cells == [(t.row, t.col) for t in grid]
     assert len(cells) == len(grid)
 
@@ -80,7 +80,7 @@ def test_tiles_equal_reader_windows_with_nodata_filled(raster, stride: int) -> N
             assert batch.data.dtype == np.float32
             assert batch.data.shape == (len(batch), 3, TILE, TILE)
             assert batch.data.flags["C_CONTIGUOUS"]
-            for row, col, tile in zip(batch.rows, batch.cols, batch.data):
+            for row, col, tile in zip(batch.rows, batch.cols, batch.data, strict=True):
                 window = grid.tile(int(row), int(col)).window
                 data, valid = reader.read(window)
                 expected = np.where(valid[None], data, FILL[:, None, None])
@@ -184,20 +184,11 @@ def test_small_raster_and_one_pixel_raster(make_tif) -> None:
         assert data.shape == (len(grid), 3, TILE, TILE)
         pad = TILE + 1
         padded = symmetric(array.astype(np.float32), pad)
-        for tile, got in zip(grid, data):
+        for tile, got in zip(grid, data, strict=True):
             np.testing.assert_array_equal(got, cut(padded, pad, tile.window))
         assert np.all(np.concatenate([b.valid_fraction for b in batches]) == 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: edge tiles whose halo reaches further outside the raster than inside (here the "
-        "last row/column of a 200x150 raster) repeat the in-raster edge strip instead of "
-        "mirroring the raster numpy-style (stream.iter_row_strips / io.RasterReader.read via "
-        "tiling.mirror_pad)"
-    ),
-)
 @pytest.mark.parametrize("stride", [64, 13])  # (stride 16 happens to be exact at 200x150)
 def test_edge_tiles_mirror_the_raster_like_numpy(make_tif, stride: int) -> None:
     height, width = 200, 150
@@ -213,14 +204,6 @@ def test_edge_tiles_mirror_the_raster_like_numpy(make_tif, stride: int) -> None:
     np.testing.assert_array_equal(data, expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: on a 200x150 raster the last column's tiles differ between iter_batches (strip "
-        "read full width, mirrored over the whole raster width) and RasterReader.read of the "
-        "tile window (mirrors only the window's in-raster part): same cell, two tiles"
-    ),
-)
 @pytest.mark.parametrize("stride", [64, 16])
 def test_stream_and_reader_agree_on_a_200x150_raster(make_tif, stride: int) -> None:
     array = scene(200, 150)
@@ -228,6 +211,6 @@ def test_stream_and_reader_agree_on_a_200x150_raster(make_tif, stride: int) -> N
     grid = TileGrid(200, 150, tile_size=TILE, stride=stride)
     with RasterReader(path) as reader:
         data = np.concatenate([b.data for b in collect(reader, grid, batch_size=64)])
-        for tile, got in zip(grid, data):
+        for tile, got in zip(grid, data, strict=True):
             raw, valid = reader.read(tile.window)
             np.testing.assert_array_equal(got, np.where(valid[None], raw, FILL[:, None, None]))
