@@ -25,7 +25,13 @@ from georaster_quant.tiling import (
 def mirror_pad(raster, window, height, width):
     """Read ``window`` from a whole in-memory raster the way the reader does."""
     source = source_window(window, height, width)
-    return mirror_take(raster[..., source.row_off : source.row_end, source.col_off : source.col_end], source, window, height, width)
+    return mirror_take(
+        raster[..., source.row_off : source.row_end, source.col_off : source.col_end],
+        source,
+        window,
+        height,
+        width,
+    )
 
 
 PROPERTY = settings(
