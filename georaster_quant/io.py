@@ -72,6 +72,30 @@ def _open(path: str | os.PathLike[str]) -> rasterio.DatasetReader:
         raise RasterInputError(f"{name}: not a readable raster ({first})") from exc
 
 
+def decode(
+    raw: np.ndarray,
+    nodata: float | None,
+    scale_offset: tuple[np.ndarray, np.ndarray] | None = None,
+    mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw band values ``(bands, h, w)`` to float32 physical values and a validity mask.
+
+    A pixel is invalid where any band equals ``nodata`` or is NaN, or where ``mask`` (alpha
+    band or GDAL mask, True = valid) says so. ``scale_offset`` holds per-band GDAL scales and
+    offsets, applied after the nodata test on the raw values.
+    """
+    valid = np.ones(raw.shape[1:], dtype=bool) if mask is None else mask.astype(bool)
+    if nodata is not None and not np.isnan(nodata):
+        valid &= ~np.any(raw == np.asarray(nodata).astype(raw.dtype), axis=0)
+    if raw.dtype.kind == "f":
+        valid &= ~np.any(np.isnan(raw), axis=0)
+    data = raw.astype(np.float32)
+    if scale_offset is not None:
+        scales, offsets = scale_offset
+        data = (data * scales[:, None, None] + offsets[:, None, None]).astype(np.float32)
+    return data, valid
+
+
 class RasterReader:
     """Windowed reads of a raster's data bands with a validity mask.
 
@@ -143,21 +167,14 @@ class RasterReader:
         rio_window = RioWindow(inside.col_off, inside.row_off, inside.width, inside.height)
         try:
             raw = self._ds.read(list(info.bands), window=rio_window)
-            valid = np.ones(raw.shape[1:], dtype=bool)
-            if info.nodata is not None and not np.isnan(info.nodata):
-                valid &= ~np.any(raw == np.asarray(info.nodata, dtype=raw.dtype), axis=0)
-            if raw.dtype.kind == "f":
-                valid &= ~np.any(np.isnan(raw), axis=0)
+            mask = None
             if self._alpha is not None:
-                valid &= self._ds.read(self._alpha, window=rio_window) > 0
+                mask = self._ds.read(self._alpha, window=rio_window) > 0
             elif self._per_dataset_mask:
-                valid &= self._ds.read_masks(info.bands[0], window=rio_window) > 0
+                mask = self._ds.read_masks(info.bands[0], window=rio_window) > 0
         except RasterioError as exc:
             raise RasterInputError(f"{info.path}: read failed at {window} ({exc})") from exc
-        data = raw.astype(np.float32)
-        if self._scale is not None:
-            scales, offsets = self._scale
-            data = (data * scales[:, None, None] + offsets[:, None, None]).astype(np.float32)
+        data, valid = decode(raw, info.nodata, self._scale, mask)
         return (
             mirror_take(data, inside, window, info.height, info.width),
             mirror_take(valid, inside, window, info.height, info.width),
