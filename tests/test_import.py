@@ -19,8 +19,11 @@ def test_package_import_is_light():
 
 def test_cli_help_does_not_import_torch():
     mods = _modules_after(
-        "import sys\nfrom georaster_quant.cli.main import cli\n"
-        "try:\n    cli.main(['train', '--help'], standalone_mode=False)\nexcept SystemExit:\n    pass"
+        "from georaster_quant.cli.main import cli\n"
+        "try:\n"
+        "    cli.main(['train', '--help'], standalone_mode=False)\n"
+        "except SystemExit:\n"
+        "    pass"
     )
     assert "torch" not in mods and "onnxruntime" not in mods
 
