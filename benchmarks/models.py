@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--archs", default=",".join(ARCHITECTURES))
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--reuse", action="store_true", help="reuse bundles trained by a previous run")
     args = ap.parse_args()
     out = Path(args.out)
     data = out / "data"
@@ -76,18 +77,33 @@ def main() -> None:
         n = args.size * 3 // 4
         generate_scene(te, SceneSpec(n, n, 4, 4242), progress=False, overwrite=True)
     with RasterReader(tr / "scene.tif") as img, RasterReader(tr / "labels.tif") as lab:
-        calib = sample_tiles(img, lab, tile_size=64, stride=64, label_footprint=32,
-                             num_classes=6, max_tiles=256, seed=1)
+        calib = sample_tiles(
+            img,
+            lab,
+            tile_size=64,
+            stride=64,
+            label_footprint=32,
+            num_classes=6,
+            max_tiles=256,
+            seed=1,
+        )
     rows = []
     for arch in args.archs.split(","):
         bdir = out / "models" / arch
         bdir.parent.mkdir(parents=True, exist_ok=True)
-        res = train(tr / "scene.tif", tr / "labels.tif", bdir,
-                    TrainConfig(arch=arch, epochs=args.epochs), overwrite=True, progress=False)
+        if not (args.reuse and (bdir / "bundle.json").exists()):
+            train(
+                tr / "scene.tif",
+                tr / "labels.tif",
+                bdir,
+                TrainConfig(arch=arch, epochs=args.epochs),
+                overwrite=True,
+                progress=False,
+            )
         bundle = Bundle(bdir)
         fill = np.asarray(bundle.meta.input.fill_values, np.float32)[None, :, None, None]
         x = np.where(calib.valid[:, None], calib.data.astype(np.float32), fill)
-        int8 = quantize_static(bundle.model, (x[i:i + 32] for i in range(0, len(x), 32)))
+        int8 = quantize_static(bundle.model, (x[i : i + 32] for i in range(0, len(x), 32)))
         fp32_eval = evaluate([bdir], te / "scene.tif", te / "labels.tif", stride=16)[0]
         pred = predict_grid(ModuleBackend(int8, bundle.meta), te / "scene.tif", stride=16)
         ref = predict_grid(ModuleBackend(bundle.model, bundle.meta), te / "scene.tif", stride=16)
@@ -103,10 +119,9 @@ def main() -> None:
             "params": sum(p.numel() for p in bundle.model.parameters()),
             "macs_per_tile": macs,
             "macs_per_pixel": macs / 64 / 64,
-            "val_tile_accuracy": res.val_accuracy,
+            "val_tile_accuracy": bundle.meta.metrics["fp32"]["val_accuracy"],
             "test_cell_accuracy_fp32": truth_acc,
             "int8_agreement": agree,
-            "train_seconds": res.seconds,
             "fp32_us_per_tile_2t": t2["fp32"] * 1e6,
             "int8_us_per_tile_2t": t2["int8"] * 1e6,
             "fp32_us_per_tile_1t": t1["fp32"] * 1e6,
@@ -118,16 +133,20 @@ def main() -> None:
     result = {"cpu_capability": cpu, "torch": torch.__version__, "rows": rows}
     (out / "models.json").write_text(json.dumps(result, indent=2))
     print(f"\nCPU capability: {cpu}; batch 32 tiles of 4x64x64; test scene {te.name}, stride 16\n")
-    print("| arch | MACs/tile | MACs/px | val tile acc | test cell acc | INT8 agree | "
-          "FP32 µs/tile 2t | INT8 µs/tile 2t | FP32 1t | INT8 1t | INT8 speed-up 2t |")
+    print(
+        "| arch | MACs/tile | MACs/px | val tile acc | test cell acc | INT8 agree | "
+        "FP32 µs/tile 2t | INT8 µs/tile 2t | FP32 1t | INT8 1t | INT8 speed-up 2t |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['arch']} | {r['macs_per_tile'] / 1e6:.2f} M | {r['macs_per_pixel']:.0f} | "
-              f"{r['val_tile_accuracy']:.1%} | {r['test_cell_accuracy_fp32']:.1%} | "
-              f"{r['int8_agreement']:.1%} | {r['fp32_us_per_tile_2t']:.0f} | "
-              f"{r['int8_us_per_tile_2t']:.0f} | {r['fp32_us_per_tile_1t']:.0f} | "
-              f"{r['int8_us_per_tile_1t']:.0f} | "
-              f"{r['fp32_us_per_tile_2t'] / r['int8_us_per_tile_2t']:.2f}x |")
+        print(
+            f"| {r['arch']} | {r['macs_per_tile'] / 1e6:.2f} M | {r['macs_per_pixel']:.0f} | "
+            f"{r['val_tile_accuracy']:.1%} | {r['test_cell_accuracy_fp32']:.1%} | "
+            f"{r['int8_agreement']:.1%} | {r['fp32_us_per_tile_2t']:.0f} | "
+            f"{r['int8_us_per_tile_2t']:.0f} | {r['fp32_us_per_tile_1t']:.0f} | "
+            f"{r['int8_us_per_tile_1t']:.0f} | "
+            f"{r['fp32_us_per_tile_2t'] / r['int8_us_per_tile_2t']:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -35,19 +35,32 @@ def main() -> None:
     for size in map(int, args.sizes.split(",")):
         target = out / "data" / f"synth_{size}"
         t0 = time.perf_counter()
-        res = subprocess.run([sys.executable, "-c", CHILD, str(size), str(target)],
-                             check=True, capture_output=True, text=True)
+        res = subprocess.run(
+            [sys.executable, "-c", CHILD, str(size), str(target)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         seconds, peak_mb = map(float, res.stdout.split())
         mb = sum(p.stat().st_size for p in target.glob("*.tif")) / 2**20
-        rows.append({"size": size, "seconds": seconds, "wall_seconds": time.perf_counter() - t0,
-                     "peak_rss_mb": peak_mb, "mpx_per_s": size * size / seconds / 1e6,
-                     "file_mb": mb})
+        rows.append(
+            {
+                "size": size,
+                "seconds": seconds,
+                "wall_seconds": time.perf_counter() - t0,
+                "peak_rss_mb": peak_mb,
+                "mpx_per_s": size * size / seconds / 1e6,
+                "file_mb": mb,
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     (out / "synth.json").write_text(json.dumps(rows, indent=2))
     print("\n| size | seconds | Mpx/s | peak RSS MB | files MB |\n|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['size']}² | {r['seconds']:.1f} | {r['mpx_per_s']:.2f} | "
-              f"{r['peak_rss_mb']:.0f} | {r['file_mb']:.0f} |")
+        print(
+            f"| {r['size']}² | {r['seconds']:.1f} | {r['mpx_per_s']:.2f} | "
+            f"{r['peak_rss_mb']:.0f} | {r['file_mb']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

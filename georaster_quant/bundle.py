@@ -14,11 +14,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from georaster_quant import __version__
 from georaster_quant.errors import BundleError
-from georaster_quant.io import atomic_path
+from georaster_quant.io import atomic_path, check_output_path
 
 if TYPE_CHECKING:
     from georaster_quant.model import GeoRasterCNN
@@ -103,6 +103,13 @@ class WeightsInfo(_Strict):
     file: str
     sha256: str
     size_bytes: int
+
+    @field_validator("file")
+    @classmethod
+    def _bare_name(cls, value: str) -> str:
+        if not value or Path(value).name != value or value in (".", ".."):
+            raise ValueError(f"must be a file name inside the bundle, got {value!r}")
+        return value
 
 
 class BundleMeta(_Strict):
@@ -226,9 +233,7 @@ def save_bundle(
     """Write ``model``'s state dict and ``meta`` as a bundle folder, atomically."""
     import torch
 
-    out = Path(path)
-    if out.exists() and not overwrite:
-        raise BundleError(f"{out}: already exists (pass --overwrite to replace it)")
+    out = check_output_path(path, overwrite=overwrite, folder=True)
     with atomic_path(out) as tmp:
         tmp.mkdir()
         weights = tmp / WEIGHTS_FILE
@@ -311,5 +316,5 @@ class Bundle:
 
     @property
     def size_bytes(self) -> int:
-        """Bytes of the weight file."""
-        return self.meta.weights_info.size_bytes
+        """Bytes of the weight file on disk."""
+        return (self.path / self.meta.weights_info.file).stat().st_size

@@ -12,7 +12,7 @@ from georaster_quant.backend import open_backend
 from georaster_quant.errors import RasterContractError
 from georaster_quant.io import RasterReader
 from georaster_quant.metrics import confusion_matrix, summary
-from georaster_quant.predict import MIN_VALID_FRACTION, predict_grid
+from georaster_quant.predict import MIN_VALID_FRACTION, NODATA_CLASS, open_input, predict_grid
 from georaster_quant.sampling import check_label_grid, check_label_values, majority_labels
 from georaster_quant.stream import iter_row_strips
 from georaster_quant.tiling import TileGrid, tiles_from_strip
@@ -57,20 +57,20 @@ def evaluate(
         model = open_backend(w, backend)
         meta = model.meta
         k = len(meta.classes)
-        pred = predict_grid(
-            model, image, stride=stride, batch_size=batch_size, bands=bands, progress=progress
-        )
-        if truth is None:
-            with RasterReader(image) as img, RasterReader(labels) as lab:
-                check_label_grid(img, lab)
-                truth = cell_labels(lab, pred.grid.step, k)
-        elif truth.max(initial=-1) >= k:
-            raise RasterContractError(f"{w}: has {k} classes, fewer than the labels use")
+        stride = stride or meta.input.default_stride  # the first model's grid for every model
+        with open_input(image, meta, bands) as img:  # bands are checked first
+            if truth is None:  # then the labels, before any prediction
+                with RasterReader(labels) as lab:
+                    check_label_grid(img, lab)
+                    truth = cell_labels(lab, stride, k)
+            elif truth.max(initial=-1) >= k:
+                raise RasterContractError(f"{w}: has {k} classes, fewer than the labels use")
+            pred = predict_grid(model, img, stride=stride, batch_size=batch_size, progress=progress)
         scored = (truth >= 0) & pred.valid
         cm = confusion_matrix(truth[scored], pred.classes[scored], k)
         if first_pred is None:
             first_pred = pred.classes
-        both = pred.valid & (first_pred != 255)
+        both = pred.valid & (first_pred != NODATA_CLASS)
         agreement = float((pred.classes[both] == first_pred[both]).mean()) if both.any() else 0.0
         results.append(
             {

@@ -239,8 +239,14 @@ def select_bands(
     return list(info.bands)
 
 
-def check_output_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-    """Refuse an output path that cannot be written, before any work starts."""
+def check_output_path(
+    path: str | os.PathLike[str], *, overwrite: bool = False, folder: bool = False
+) -> Path:
+    """Refuse an output path that cannot be written, before any work starts.
+
+    ``folder`` says whether the output is a folder (a bundle) or a file; an existing path of
+    the other kind is refused even with ``overwrite``.
+    """
     out = Path(path)
     parent = out.parent if str(out.parent) else Path(".")
     if parent.exists() and not parent.is_dir():
@@ -249,6 +255,9 @@ def check_output_path(path: str | os.PathLike[str], *, overwrite: bool = False) 
         raise OutputPathError(f"{out}: folder {parent} does not exist")
     if out.exists() and not overwrite:
         raise OutputPathError(f"{out}: already exists (pass --overwrite to replace it)")
+    if out.exists() and out.is_dir() != folder:
+        want, found = ("a folder", "a file") if folder else ("a file", "a folder")
+        raise OutputPathError(f"{out}: is {found}, the output is {want}")
     return out
 
 

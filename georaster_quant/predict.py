@@ -7,17 +7,20 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from georaster_quant.backend import Backend
 from georaster_quant.bundle import BundleMeta
-from georaster_quant.errors import RasterMismatchWarning
+from georaster_quant.errors import BandMismatchError, RasterMismatchWarning
 from georaster_quant.io import RasterReader, read_info, select_bands
 from georaster_quant.stream import iter_batches
 from georaster_quant.tiling import TileGrid
 
 NODATA_CLASS = 255
+#: Anything with ``info`` and ``read(window)``: a RasterReader or a DataArrayReader.
+Reader = Any
 #: A cell whose footprint has less than this valid share is nodata.
 MIN_VALID_FRACTION = 0.5
 
@@ -72,36 +75,50 @@ class GridPrediction:
 
 def predict_grid(
     backend: Backend,
-    image: str | os.PathLike[str],
+    image: str | os.PathLike[str] | Reader,
     *,
     stride: int | None = None,
     batch_size: int = 32,
     bands: Sequence[int] | None = None,
     progress: bool = False,
 ) -> GridPrediction:
-    """Classify every cell of ``image``'s prediction grid with ``backend``."""
+    """Classify every cell of ``image``'s prediction grid with ``backend``.
+
+    ``image`` is a path (opened with :func:`open_input`, so ``bands`` applies) or an open
+    reader whose bands are already in the model's order.
+    """
     from tqdm.auto import tqdm
 
     meta = backend.meta
-    with open_input(image, meta, bands) as reader:
-        grid = TileGrid(
-            reader.info.height,
-            reader.info.width,
-            meta.input.tile_size,
-            stride or meta.input.default_stride,
+    if isinstance(image, str | os.PathLike):
+        with open_input(image, meta, bands) as reader:
+            return predict_grid(
+                backend, reader, stride=stride, batch_size=batch_size, progress=progress
+            )
+    reader = image
+    if reader.info.count != len(meta.input.bands):
+        raise BandMismatchError(
+            f"{reader.info.path}: has {reader.info.count} band(s) but the model takes "
+            f"{len(meta.input.bands)}"
         )
-        classes = np.full(grid.shape, NODATA_CLASS, dtype=np.uint8)
-        confidence = np.zeros(grid.shape, dtype=np.float32)
-        seconds: list[float] = []
-        fill = np.asarray(meta.input.fill_values, dtype=np.float32)
-        with tqdm(total=len(grid), unit="tile", desc="predict", disable=not progress) as bar:
-            for batch in iter_batches(reader, grid, fill, batch_size):
-                t0 = time.perf_counter()
-                probs = backend(batch.data)
-                seconds.append(time.perf_counter() - t0)
-                keep = batch.valid_fraction >= MIN_VALID_FRACTION
-                r, c = batch.rows[keep], batch.cols[keep]
-                classes[r, c] = probs[keep].argmax(axis=1)
-                confidence[r, c] = probs[keep].max(axis=1)
-                bar.update(len(batch))
+    grid = TileGrid(
+        reader.info.height,
+        reader.info.width,
+        meta.input.tile_size,
+        stride or meta.input.default_stride,
+    )
+    classes = np.full(grid.shape, NODATA_CLASS, dtype=np.uint8)
+    confidence = np.zeros(grid.shape, dtype=np.float32)
+    seconds: list[float] = []
+    fill = np.asarray(meta.input.fill_values, dtype=np.float32)
+    with tqdm(total=len(grid), unit="tile", desc="predict", disable=not progress) as bar:
+        for batch in iter_batches(reader, grid, fill, batch_size):
+            t0 = time.perf_counter()
+            probs = backend(batch.data)
+            seconds.append(time.perf_counter() - t0)
+            keep = batch.valid_fraction >= MIN_VALID_FRACTION
+            r, c = batch.rows[keep], batch.cols[keep]
+            classes[r, c] = probs[keep].argmax(axis=1)
+            confidence[r, c] = probs[keep].max(axis=1)
+            bar.update(len(batch))
     return GridPrediction(grid, classes, confidence, seconds)

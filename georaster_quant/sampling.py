@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from georaster_quant.errors import RasterContractError, TrainingDataError
+from georaster_quant.errors import ConfigError, RasterContractError, TrainingDataError
 from georaster_quant.io import RasterReader
 from georaster_quant.stream import iter_row_strips
 from georaster_quant.tiling import TileGrid, tiles_from_strip
@@ -137,7 +137,10 @@ def spatial_split(
     """Split tile indexes into train and validation by square blocks of ``block`` pixels.
 
     Returns the train index, the validation index and the validation blocks ``[row, col]``.
+    Blocks are at least a tile wide, so a tile touches at most 2 x 2 blocks: its corners.
     """
+    if block < tile_size:
+        raise ConfigError(f"split block ({block}) must be at least the tile size ({tile_size})")
     brows, bcols = -(-height // block), -(-width // block)
     if brows * bcols < 2:
         raise TrainingDataError(

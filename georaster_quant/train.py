@@ -147,7 +147,7 @@ def train(
     cfg = config or TrainConfig()
     cfg.check()
     spec = resolve_arch(cfg.arch)
-    out = check_output_path(output, overwrite=overwrite)
+    out = check_output_path(output, overwrite=overwrite, folder=True)
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -175,20 +175,23 @@ def train(
             max_tiles=cfg.max_tiles,
             seed=cfg.seed,
         )
-    train_idx, val_idx, val_blocks = spatial_split(
-        tiles,
-        height=info.height,
-        width=info.width,
-        tile_size=cfg.tile_size,
-        block=cfg.split_block,
-        val_fraction=cfg.val_fraction,
-        seed=cfg.seed,
-    )
+    try:
+        train_idx, val_idx, val_blocks = spatial_split(
+            tiles,
+            height=info.height,
+            width=info.width,
+            tile_size=cfg.tile_size,
+            block=cfg.split_block,
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
+        )
+    except TrainingDataError as exc:
+        raise TrainingDataError(f"{labels}: {exc}") from None
     train_set, val_set = tiles.subset(train_idx), tiles.subset(val_idx)
     if len(train_set) < cfg.batch_size:
         raise TrainingDataError(
             f"{labels}: only {len(train_set)} training tiles; need at least a batch "
-            f"({cfg.batch_size}) — use a larger raster or a smaller --sample-stride"
+            f"({cfg.batch_size}); use a larger raster, a smaller --sample-stride or --batch-size"
         )
 
     normalizer = BandNormalizer(cfg.normalization, seed=cfg.seed)

@@ -17,7 +17,10 @@ def test_notebook_runs(path, tmp_path):
         nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     ).execute()
     images = [
-        out for cell in nb.cells if cell.cell_type == "code"
-        for out in cell.get("outputs", []) if "image/png" in out.get("data", {})
+        out
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if "image/png" in out.get("data", {})
     ]
     assert images, f"{path.name} shows no picture"

@@ -37,7 +37,7 @@ def command(output: str, size: int, epochs: int, seed: int, quiet: bool) -> None
     for reference: the CNN should beat it clearly. Everything is rewritten on each run.
 
     \b
-    Example:
+    Examples:
       georaster-quant demo --output runs/demo
     """
     from georaster_quant.cli.evaluate import format_results
