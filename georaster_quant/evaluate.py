@@ -24,8 +24,9 @@ def cell_labels(labels: RasterReader, stride: int, num_classes: int) -> np.ndarr
     out = np.full(grid.shape, -1, dtype=np.int64)
     for row, lab, valid in iter_row_strips(labels, grid):
         check_label_values(lab[0], valid, num_classes, labels.info.path)
-        # Mirrored pixels past the edge do not count: mark them unlabelled.
+        # Mirrored pixels past the edge do not count; an edge cell's area is what is inside.
         h = min(stride, grid.height - row * stride)
+        widths = np.minimum(stride, grid.width - np.arange(grid.shape[1]) * stride)
         valid = valid.copy()
         valid[h:] = False
         valid[:, grid.width :] = False
@@ -34,6 +35,7 @@ def cell_labels(labels: RasterReader, stride: int, num_classes: int) -> np.ndarr
             tiles_from_strip(valid, grid),
             num_classes,
             MIN_VALID_FRACTION,
+            area=h * widths,
         )
     return out
 

@@ -50,16 +50,24 @@ def check_label_grid(image: RasterReader, labels: RasterReader) -> None:
 
 
 def majority_labels(
-    label_tiles: np.ndarray, label_valid: np.ndarray, num_classes: int, min_valid: float
+    label_tiles: np.ndarray,
+    label_valid: np.ndarray,
+    num_classes: int,
+    min_valid: float,
+    area: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Majority class per tile of ``(N, h, w)`` labels; -1 where too little is labelled."""
+    """Majority class per tile of ``(N, h, w)`` labels; -1 where too little is labelled.
+
+    "Too little" is less than ``min_valid`` of ``area``, the pixels that count per tile (by
+    default all of them; smaller for cells cut by the raster's edge).
+    """
     n = len(label_tiles)
     flat = np.where(label_valid, label_tiles, num_classes).reshape(n, -1).astype(np.int64)
     counts = np.zeros((n, num_classes + 1), dtype=np.int64)
     np.add.at(counts, (np.repeat(np.arange(n), flat.shape[1]), flat.ravel()), 1)
     labelled = counts[:, :num_classes]
     out = labelled.argmax(axis=1)
-    enough = labelled.sum(axis=1) >= min_valid * flat.shape[1]
+    enough = labelled.sum(axis=1) >= min_valid * (flat.shape[1] if area is None else area)
     return np.where(enough, out, -1)
 
 

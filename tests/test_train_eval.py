@@ -292,3 +292,33 @@ def test_cnn_clearly_beats_the_spectral_baseline_on_a_held_out_scene(tmp_path: P
     assert baseline <= 0.82
     assert cnn_tiles >= baseline + 0.08
     assert res["accuracy"] >= baseline + 0.08
+
+
+def test_edge_cells_narrower_than_half_a_cell_are_scored(tmp_path) -> None:
+    """Cells cut by the raster's edge count their in-raster footprint only."""
+    import rasterio
+    from affine import Affine
+
+    from georaster_quant.evaluate import cell_labels
+    from georaster_quant.io import RasterReader
+
+    labels = np.zeros((20, 37), dtype="uint8")  # stride 16: last row 4 px, last column 5 px
+    labels[16:, :] = 2
+    labels[:, 32:] = 3
+    path = tmp_path / "labels.tif"
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=37,
+        height=20,
+        count=1,
+        dtype="uint8",
+        nodata=255,
+        crs="EPSG:32633",
+        transform=Affine(10, 0, 0, 0, -10, 0),
+    ) as dst:
+        dst.write(labels, 1)
+    with RasterReader(path) as reader:
+        cells = cell_labels(reader, 16, 4)
+    assert cells.tolist() == [[0, 0, 3], [2, 2, 3]]
