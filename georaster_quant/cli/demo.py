@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from georaster_quant.cli.options import config_option, quiet_option
+from georaster_quant.cli.options import config_option, quiet_option, show_progress
 
 
 @click.command("demo")
@@ -42,20 +42,25 @@ def command(output: str, size: int, epochs: int, seed: int, quiet: bool) -> None
     """
     from georaster_quant.cli.evaluate import format_results
     from georaster_quant.evaluate import evaluate
+    from georaster_quant.io import atomic_path
     from georaster_quant.synth import SceneSpec, generate_scene
     from georaster_quant.train import TrainConfig, train
 
     out = Path(output)
+    progress = show_progress(quiet)
     out.mkdir(parents=True, exist_ok=True)
     click.echo(
         f"1/4 synthetic scenes in {out}/ (train {size}x{size} seed {seed}, test seed {seed + 1000})"
     )
     tr_scene, tr_labels = generate_scene(
-        out / "train", SceneSpec(size, size, 4, seed), overwrite=True, progress=not quiet
+        out / "train", SceneSpec(size, size, 4, seed), overwrite=True, progress=progress
     )
     test = max(512, size * 3 // 4)
     te_scene, te_labels = generate_scene(
-        out / "test", SceneSpec(test, test, 4, seed + 1000), overwrite=True, progress=not quiet
+        out / "test",
+        SceneSpec(test, test, 4, seed + 1000),
+        overwrite=True,
+        progress=progress,
     )
     click.echo("2/4 training the default GeoRasterCNN")
     result = train(
@@ -64,16 +69,17 @@ def command(output: str, size: int, epochs: int, seed: int, quiet: bool) -> None
         out / "model",
         TrainConfig(epochs=epochs, seed=seed),
         overwrite=True,
-        progress=not quiet,
+        progress=progress,
     )
     click.echo(f"    validation accuracy {result.val_accuracy:.2%} ({result.seconds:.0f} s)")
-    click.echo("3/4 spectral-only baseline on the same tiles")
+    click.echo("3/4 spectral-only baseline on the same scenes")
     baseline = spectral_baseline(tr_scene, tr_labels, te_scene, te_labels)
     click.echo(f"    per-band tile means, Gaussian classes: {baseline:.2%} on the test scene")
     click.echo("4/4 evaluating on the unseen test scene at stride 16")
-    results = evaluate([out / "model"], te_scene, te_labels, stride=16, progress=not quiet)
+    results = evaluate([out / "model"], te_scene, te_labels, stride=16, progress=progress)
     click.echo(format_results(results))
-    (out / "evaluation.json").write_text(json.dumps({"results": results}, indent=2) + "\n")
+    with atomic_path(out / "evaluation.json") as tmp:
+        tmp.write_text(json.dumps({"results": results}, indent=2) + "\n", encoding="utf-8")
     click.echo(
         f"\nCNN {results[0]['accuracy']:.2%} vs spectral baseline {baseline:.2%}; "
         f"bundle: {out / 'model'}; results: {out / 'evaluation.json'}"

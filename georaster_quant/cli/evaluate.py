@@ -14,6 +14,7 @@ from georaster_quant.cli.options import (
     image_option,
     labels_option,
     quiet_option,
+    show_progress,
     stride_option,
 )
 
@@ -96,7 +97,7 @@ def command(
         stride=stride,
         batch_size=batch_size,
         bands=bands,
-        progress=not quiet,
+        progress=show_progress(quiet),
     )
     click.echo(format_results(results))
     if json_path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -77,4 +78,11 @@ bands_option = click.option(
     help="Raster bands (1-based) to feed the model, in the model's band order, e.g. 3,2,1,4.",
 )
 overwrite_option = click.option("--overwrite", is_flag=True, help="Replace an existing output.")
-quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+quiet_option = click.option(
+    "-q", "--quiet", is_flag=True, help="No progress bars (they only show on a terminal anyway)."
+)
+
+
+def show_progress(quiet: bool) -> bool:
+    """Progress bars go to stderr, and only when it is a terminal and --quiet is not given."""
+    return not quiet and sys.stderr.isatty()

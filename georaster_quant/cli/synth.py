@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from georaster_quant.cli.options import config_option, overwrite_option, quiet_option
+from georaster_quant.cli.options import config_option, overwrite_option, quiet_option, show_progress
 
 
 @click.command("synth")
@@ -66,6 +66,6 @@ def command(
         chunk=chunk,
         workers=workers,
         overwrite=overwrite,
-        progress=not quiet,
+        progress=show_progress(quiet),
     )
     click.echo(f"wrote {scene} ({width}x{height}, {bands} bands) and {labels}")

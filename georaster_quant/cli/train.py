@@ -11,6 +11,7 @@ from georaster_quant.cli.options import (
     labels_option,
     overwrite_option,
     quiet_option,
+    show_progress,
 )
 from georaster_quant.normalize import MODES
 from georaster_quant.train import TrainConfig
@@ -114,7 +115,7 @@ def command(
     from georaster_quant.train import train
 
     cfg = TrainConfig(threads=workers, **options)  # type: ignore[arg-type]
-    result = train(image, labels, output, cfg, overwrite=overwrite, progress=not quiet)
+    result = train(image, labels, output, cfg, overwrite=overwrite, progress=show_progress(quiet))
     click.echo(
         f"wrote {result.bundle}: validation accuracy {result.val_accuracy:.2%} on "
         f"{result.val_tiles} tiles ({result.train_tiles} training tiles, "
