@@ -6,6 +6,7 @@ bundle's fill values; normalization happens inside the model (DESIGN's one rule)
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Protocol
 
@@ -43,11 +44,16 @@ class TorchBackend:
         self.meta = bundle.meta
         self.size_bytes = bundle.size_bytes
         torch.set_num_threads(threads or available_cores())
+        self._quiet = contextlib.nullcontext
+        if self.meta.quant_type != "fp32":  # quantized kernels warn that they are deprecated
+            from georaster_quant.quantize import quiet
+
+            self._quiet = quiet
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Softmax probabilities of the bundle's model."""
         torch = self._torch
-        with torch.inference_mode():
+        with self._quiet(), torch.inference_mode():
             logits = self.bundle.model(torch.from_numpy(np.ascontiguousarray(batch, np.float32)))
             return torch.softmax(logits.float(), dim=1).numpy()
 

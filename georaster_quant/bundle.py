@@ -300,14 +300,23 @@ class Bundle:
         self.path = Path(path)
         self.meta = read_meta(self.path)
         state = load_state_dict(self.path, self.meta)
-        if self.meta.quant_type != "fp32":
-            raise BundleError(
-                f"{self.path}: {self.meta.quant_type} bundles are not supported by this version"
-            )
-        model = build_fp32_model(self.meta)
+        model: Any = build_fp32_model(self.meta)
+        q = self.meta.quantization
         try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
+            if q.type == "fp32":
+                model.load_state_dict(state, strict=True)
+            else:  # rebuild the quantized structure, then load the plain state dict into it
+                from georaster_quant.quantize import QuantConfig, load_state, rebuild
+
+                config = QuantConfig(
+                    q.type,
+                    q.engine or "fbgemm",
+                    q.observer or "minmax",
+                    q.per_channel,
+                    tuple(q.fp32_layers),
+                )
+                model = load_state(rebuild(model, config, q.details), state)
+        except (RuntimeError, KeyError, ValueError) as exc:
             first = str(exc).splitlines()[0]
             raise BundleError(
                 f"{self.path}: weights do not fit the architecture ({first})"

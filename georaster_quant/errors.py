@@ -51,3 +51,7 @@ class GeoRasterQuantWarning(UserWarning):
 
 class RasterMismatchWarning(GeoRasterQuantWarning):
     """A raster differs from the model's training raster in dtype or pixel size."""
+
+
+class CalibrationWarning(GeoRasterQuantWarning):
+    """The calibration set is narrow, nodata-heavy, or leaves observers unused."""

@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 
 from georaster_quant.backend import open_backend
+from georaster_quant.contract import open_input
 from georaster_quant.errors import RasterContractError
 from georaster_quant.io import RasterReader
 from georaster_quant.metrics import confusion_matrix, summary
-from georaster_quant.predict import MIN_VALID_FRACTION, NODATA_CLASS, open_input, predict_grid
+from georaster_quant.predict import MIN_VALID_FRACTION, NODATA_CLASS, predict_grid
 from georaster_quant.sampling import check_label_grid, check_label_values, majority_labels
 from georaster_quant.stream import iter_row_strips
 from georaster_quant.tiling import TileGrid, tiles_from_strip

@@ -142,10 +142,9 @@ def spatial_split(
     val_fraction: float,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
-    """Split tile indexes into train and validation by square blocks of ``block`` pixels.
+    """Split tile indexes into train and validation by random square blocks of ``block`` px.
 
     Returns the train index, the validation index and the validation blocks ``[row, col]``.
-    Blocks are at least a tile wide, so a tile touches at most 2 x 2 blocks: its corners.
     """
     if block < tile_size:
         raise ConfigError(f"split block ({block}) must be at least the tile size ({tile_size})")
@@ -161,18 +160,42 @@ def spatial_split(
         is_val.flat[rng.integers(is_val.size)] = True
     if is_val.all():
         is_val.flat[rng.integers(is_val.size)] = False
-    r0 = np.clip(tiles.origins[:, 0], 0, height - 1) // block
-    r1 = np.clip(tiles.origins[:, 0] + tile_size - 1, 0, height - 1) // block
-    c0 = np.clip(tiles.origins[:, 1], 0, width - 1) // block
-    c1 = np.clip(tiles.origins[:, 1] + tile_size - 1, 0, width - 1) // block
-    corners = [is_val[r, c] for r in (r0, r1) for c in (c0, c1)]
-    all_val = np.logical_and.reduce(corners)
-    any_val = np.logical_or.reduce(corners)
-    train = np.flatnonzero(~any_val)
-    val = np.flatnonzero(all_val)
+    val_blocks = np.argwhere(is_val).tolist()
+    train, val = split_by_blocks(
+        tiles, height=height, width=width, tile_size=tile_size, block=block, val_blocks=val_blocks
+    )
     if len(train) == 0 or len(val) == 0:
         raise TrainingDataError(
             f"too few labelled tiles for a train/validation split ({len(train)} train, "
             f"{len(val)} validation); use a larger raster or a smaller --split-block"
         )
-    return train, val, np.argwhere(is_val).tolist()
+    return train, val, val_blocks
+
+
+def split_by_blocks(
+    tiles: TileSet,
+    *,
+    height: int,
+    width: int,
+    tile_size: int,
+    block: int,
+    val_blocks: list[list[int]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train and validation indexes given the validation blocks; straddling tiles are dropped.
+
+    Blocks are at least a tile wide, so a tile touches at most 2 x 2 blocks: its corners.
+    """
+    if block < tile_size:
+        raise ConfigError(f"split block ({block}) must be at least the tile size ({tile_size})")
+    is_val = np.zeros((-(-height // block), -(-width // block)), dtype=bool)
+    for r, c in val_blocks:
+        if 0 <= r < is_val.shape[0] and 0 <= c < is_val.shape[1]:
+            is_val[r, c] = True
+    r0 = np.clip(tiles.origins[:, 0], 0, height - 1) // block
+    r1 = np.clip(tiles.origins[:, 0] + tile_size - 1, 0, height - 1) // block
+    c0 = np.clip(tiles.origins[:, 1], 0, width - 1) // block
+    c1 = np.clip(tiles.origins[:, 1] + tile_size - 1, 0, width - 1) // block
+    corners = [is_val[r, c] for r in (r0, r1) for c in (c0, c1)]
+    train = np.flatnonzero(~np.logical_or.reduce(corners))
+    val = np.flatnonzero(np.logical_and.reduce(corners))
+    return train, val

@@ -116,6 +116,48 @@ def _batch(tiles: TileSet, idx: np.ndarray, fill: np.ndarray) -> Any:
     return torch.from_numpy(x)
 
 
+def run_epoch(
+    model: Any,
+    opt: Any,
+    tiles: TileSet,
+    fill: np.ndarray,
+    batch_size: int,
+    rng: np.random.Generator,
+    *,
+    sched: Any = None,
+) -> float:
+    """One class-balanced epoch with random flips/rotations; returns the mean loss.
+
+    Each tile is drawn with probability inversely proportional to its class's frequency, so
+    every class contributes equally; an epoch has as many samples as there are tiles.
+    """
+    import torch
+
+    model.train()
+    counts = np.bincount(tiles.labels).astype(np.float64)
+    weights = (1.0 / counts[tiles.labels]) / np.count_nonzero(counts)
+    steps = math.ceil(len(tiles) / batch_size)
+    order = rng.choice(len(tiles), size=steps * batch_size, p=weights / weights.sum())
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.05)
+    total = 0.0
+    for s in range(steps):
+        idx = np.sort(order[s * batch_size : (s + 1) * batch_size])
+        x = _batch(tiles, idx, fill)
+        ops = rng.integers(0, 8, size=len(idx))
+        for k in np.unique(ops):
+            sel = torch.from_numpy(np.flatnonzero(ops == k))
+            x[sel] = _dihedral(x[sel], int(k))
+        y = torch.from_numpy(tiles.labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        total += loss.item()
+    return total / steps
+
+
 def _accuracy(model: Any, tiles: TileSet, fill: np.ndarray, batch: int = 256) -> float:
     import torch
 
@@ -215,35 +257,14 @@ def train(
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps, pct_start=0.15
     )
-    counts = np.bincount(train_set.labels, minlength=len(names)).astype(np.float64)
-    weights = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)[train_set.labels]
-    weights /= weights.sum()
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.05)
-
     best_acc, best_state, stale = -1.0, None, 0
     history: list[dict[str, float]] = []
     bar = tqdm(range(cfg.epochs), desc="train", unit="epoch", disable=not progress)
     for epoch in bar:
-        model.train()
-        order = rng.choice(len(train_set), size=steps * cfg.batch_size, p=weights)
-        total = 0.0
-        for s in range(steps):
-            idx = np.sort(order[s * cfg.batch_size : (s + 1) * cfg.batch_size])
-            x = _batch(train_set, idx, fill)
-            ops = rng.integers(0, 8, size=len(idx))
-            for k in np.unique(ops):
-                sel = torch.from_numpy(np.flatnonzero(ops == k))
-                x[sel] = _dihedral(x[sel], int(k))
-            y = torch.from_numpy(train_set.labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item()
+        loss = run_epoch(model, opt, train_set, fill, cfg.batch_size, rng, sched=sched)
         acc = _accuracy(model, val_set, fill)
-        history.append({"epoch": epoch + 1, "loss": total / steps, "val_accuracy": acc})
-        bar.set_postfix(loss=f"{total / steps:.3f}", val_acc=f"{acc:.3f}")
+        history.append({"epoch": epoch + 1, "loss": loss, "val_accuracy": acc})
+        bar.set_postfix(loss=f"{loss:.3f}", val_acc=f"{acc:.3f}")
         if acc > best_acc:
             best_acc, best_state, stale = acc, copy.deepcopy(model.state_dict()), 0
         else:
@@ -286,7 +307,8 @@ def train(
         training={
             "config": {k: v for k, v in vars(cfg).items()},
             "val_blocks": val_blocks,
-            "labels": os.path.basename(labels),
+            "image_path": os.path.abspath(image),
+            "labels_path": os.path.abspath(labels),
             "epochs_run": len(history),
             "history": history,
         },

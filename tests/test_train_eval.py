@@ -64,7 +64,8 @@ def test_bundle_records_the_training(trained_bundle: Path) -> None:
     assert training["config"]["split_block"] == SMALL_TRAIN["split_block"]
     assert 1 <= training["epochs_run"] == len(training["history"]) <= SMALL_TRAIN["epochs"]
     assert training["val_blocks"] and all(len(b) == 2 for b in training["val_blocks"])
-    assert training["labels"] == "labels.tif"
+    assert Path(training["labels_path"]).name == "labels.tif"
+    assert Path(training["image_path"]).is_absolute()
     assert 0.0 <= meta.metrics["fp32"]["val_accuracy"] <= 1.0
     assert meta.metrics["train_tiles"] > meta.metrics["val_tiles"] > 0
     # Normalization fitted on training tiles of a uint16 reflectance scene.

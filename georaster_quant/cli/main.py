@@ -60,9 +60,9 @@ def cli(debug: bool, verbose: int) -> None:
 
 
 def _register() -> None:
-    from georaster_quant.cli import demo, evaluate, info, synth, train
+    from georaster_quant.cli import demo, evaluate, info, quantize, synth, train
 
-    for module in (synth, train, evaluate, info, demo):
+    for module in (synth, train, quantize, evaluate, info, demo):
         cli.add_command(module.command)
 
 
