@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from georaster_quant.backend import open_backend
+from georaster_quant.bundle import BundleMeta
 from georaster_quant.contract import open_input
 from georaster_quant.errors import RasterContractError
 from georaster_quant.io import RasterReader
 from georaster_quant.metrics import confusion_matrix, summary
-from georaster_quant.predict import MIN_VALID_FRACTION, NODATA_CLASS, predict_grid
+from georaster_quant.predict import MIN_VALID_FRACTION, NODATA_CLASS, GridPrediction, predict_grid
 from georaster_quant.sampling import check_label_grid, check_label_values, majority_labels
 from georaster_quant.stream import iter_row_strips
 from georaster_quant.tiling import TileGrid, tiles_from_strip
@@ -41,7 +43,16 @@ def cell_labels(labels: RasterReader, stride: int, num_classes: int) -> np.ndarr
     return out
 
 
-def evaluate(
+@dataclass
+class ModelScore:
+    """One model's evaluation: the JSON result, its cell decisions and its metadata."""
+
+    result: dict[str, Any]
+    prediction: GridPrediction
+    meta: BundleMeta
+
+
+def score_models(
     weights: Sequence[str | os.PathLike[str]],
     image: str | os.PathLike[str],
     labels: str | os.PathLike[str],
@@ -51,9 +62,9 @@ def evaluate(
     bands: Sequence[int] | None = None,
     backend: str = "auto",
     progress: bool = False,
-) -> list[dict[str, Any]]:
-    """Score each model; results follow the ``evaluate --json`` schema of DESIGN.md."""
-    results: list[dict[str, Any]] = []
+) -> tuple[list[ModelScore], np.ndarray]:
+    """Score each model on every grid cell; also returns the cells' majority labels."""
+    scores: list[ModelScore] = []
     first_pred: np.ndarray | None = None
     truth: np.ndarray | None = None
     for w in weights:
@@ -75,20 +86,36 @@ def evaluate(
             first_pred = pred.classes
         both = pred.valid & (first_pred != NODATA_CLASS)
         agreement = float((pred.classes[both] == first_pred[both]).mean()) if both.any() else 0.0
-        results.append(
-            {
-                "weights": os.fspath(w),
-                "quant_type": meta.quant_type,
-                **summary(cm),
-                "confusion": cm.tolist(),
-                "classes": meta.class_names,
-                "size_bytes": model.size_bytes,
-                "agreement": agreement,
-                "cells": int(scored.sum()),
-                "stride": pred.grid.step,
-                "backend": model.name,
-                "latency_ms_per_batch": pred.latency_ms_per_batch,
-                "batch_size": batch_size,
-            }
-        )
-    return results
+        result = {
+            "weights": os.fspath(w),
+            "quant_type": meta.quant_type,
+            **summary(cm),
+            "confusion": cm.tolist(),
+            "classes": meta.class_names,
+            "size_bytes": model.size_bytes,
+            "agreement": agreement,
+            "cells": int(scored.sum()),
+            "stride": pred.grid.step,
+            "backend": model.name,
+            "latency_ms_per_batch": pred.latency_ms_per_batch,
+            "batch_size": batch_size,
+        }
+        scores.append(ModelScore(result, pred, meta))
+    if truth is None:
+        raise ValueError("no models to score")
+    return scores, truth
+
+
+def evaluate(
+    weights: Sequence[str | os.PathLike[str]],
+    image: str | os.PathLike[str],
+    labels: str | os.PathLike[str],
+    **options: Any,
+) -> list[dict[str, Any]]:
+    """Score each model; results follow the ``evaluate --json`` schema of DESIGN.md.
+
+    Options are those of :func:`score_models` (``stride``, ``batch_size``, ``bands``,
+    ``backend``, ``progress``).
+    """
+    scores, _ = score_models(weights, image, labels, **options)
+    return [s.result for s in scores]

@@ -215,7 +215,6 @@ def quantize_bundle(
     output: str | os.PathLike[str] = "quantized_models",
     *,
     overwrite: bool = False,
-    log: Any = print,
 ) -> dict[str, Any]:
     """Quantize the FP32 bundle ``weights`` into ``output/{model_name}_{quant_type}``."""
     meta = read_meta(weights)
@@ -285,7 +284,9 @@ def quantize_bundle(
                 f"the budget of {budget:g}; {opts.quant_type} has no per-layer fallback"
             )
         best, sensitivity = _hold_budget(best, ref.accuracy, budget, fp32.model, attempt, steps)
-    log_lines = _save(
+    elif opts.quant_type in ("static_int8", "per_channel_int8"):  # for the report
+        sensitivity = _sensitivity(best.result.config, fp32.model, attempt, ref.accuracy)
+    details = _save(
         target, fp32, best, meta, ref, calib, split, steps, sensitivity, opts, overwrite
     )
     # Check what was written: the reloaded bundle must decide like the module we measured.
@@ -311,7 +312,7 @@ def quantize_bundle(
         "measured_on": split.source if split else "calibration tiles (agreement only)",
         "held_out_tiles": int(len(eval_x)),
         "fp32_layers": list(best.result.config.fp32_layers),
-        "details": log_lines,
+        "details": details,
         "calibration": calib.report if calib else None,
     }
     return summary
@@ -352,15 +353,7 @@ def _hold_budget(
         if best.drop(fp32_acc) <= budget:
             return best, []
     base = best.result.config
-    layers = model.quantizable_layers()
-    sensitivity = []
-    for layer in layers:
-        only = dataclasses.replace(base, fp32_layers=tuple(x for x in layers if x != layer))
-        a = attempt(only)
-        sensitivity.append(
-            {"layer": layer, "drop_pp": a.drop(fp32_acc), "disagreement": 1 - a.measured.agreement}
-        )
-    sensitivity.sort(key=lambda s: (s["drop_pp"], s["disagreement"]), reverse=True)
+    sensitivity = _sensitivity(base, model, attempt, fp32_acc)
     kept: list[str] = []
     for s in sensitivity:
         kept.append(s["layer"])
@@ -369,6 +362,19 @@ def _hold_budget(
         if a.drop(fp32_acc) <= budget:
             return a, sensitivity
     return a, sensitivity
+
+
+def _sensitivity(base: QuantConfig, model: Any, attempt: Any, fp32_acc: float) -> list[dict]:
+    """Layers ranked by the drop (then disagreement) when only that layer is quantized."""
+    layers = model.quantizable_layers()
+    ranking = []
+    for layer in layers:
+        a = attempt(dataclasses.replace(base, fp32_layers=tuple(x for x in layers if x != layer)))
+        ranking.append(
+            {"layer": layer, "drop_pp": a.drop(fp32_acc), "disagreement": 1 - a.measured.agreement}
+        )
+    ranking.sort(key=lambda r: (r["drop_pp"], r["disagreement"]), reverse=True)
+    return ranking
 
 
 def _warn_calibration(report: dict[str, Any], path: str) -> None:

@@ -54,6 +54,13 @@ def format_results(results: list[dict[str, Any]]) -> str:
 @batch_size_option
 @bands_option
 @click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write figures (PNG) and an HTML page comparing the models into this folder.",
+)
+@click.option(
     "--json",
     "json_path",
     type=click.Path(dir_okay=False),
@@ -70,6 +77,7 @@ def command(
     batch_size: int,
     bands: list[int] | None,
     json_path: str | None,
+    report_dir: str | None,
     quiet: bool,
 ) -> None:
     """Score each --weights on every cell of IMAGE's prediction grid against LABELS.
@@ -83,14 +91,17 @@ def command(
       georaster-quant evaluate --weights runs/best --image data/test/scene.tif \\
           --labels data/test/labels.tif --stride 16
       georaster-quant evaluate --weights runs/best --weights q/best_static_int8 \\
-          --image data/test/scene.tif --labels data/test/labels.tif --json eval.json
+          --image data/test/scene.tif --labels data/test/labels.tif --json eval.json \\
+          --report runs/report
     """
-    from georaster_quant.evaluate import evaluate
+    from georaster_quant.evaluate import score_models
     from georaster_quant.io import atomic_path, check_output_path
 
     if json_path:
         check_output_path(json_path, overwrite=True)
-    results = evaluate(
+    if report_dir:
+        check_output_path(report_dir, overwrite=True, folder=True)
+    scores, _ = score_models(
         list(weights),
         image,
         labels,
@@ -99,8 +110,14 @@ def command(
         bands=bands,
         progress=show_progress(quiet),
     )
+    results = [s.result for s in scores]
     click.echo(format_results(results))
     if json_path:
         with atomic_path(json_path) as tmp:
             tmp.write_text(json.dumps({"results": results}, indent=2) + "\n", encoding="utf-8")
         click.echo(f"wrote {json_path}")
+    if report_dir:
+        from georaster_quant.report import write_report
+
+        index = write_report(report_dir, scores, image, labels) / "index.html"
+        click.echo(f"wrote {index}")

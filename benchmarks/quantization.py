@@ -1,0 +1,168 @@
+"""Quantization benchmark: every quant type and observer against the FP32 bundle.
+
+Trains (or reuses) the default model on a 2048² synthetic scene, quantizes it every way,
+scores every bundle on all 16×16 cells of a 1536² scene it never saw, and times eager FP32,
+ONNX Runtime FP32 (the fastest FP32 path here) and each quantized bundle alternately in one
+process at batch 1 and 32 with 1 and 2 threads. Prints Markdown tables and writes JSON.
+
+    python benchmarks/quantization.py [--out benchmarks/results] [--repeats 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from georaster_quant.bundle import Bundle
+from georaster_quant.calibration import choose_calibration_tiles
+from georaster_quant.evaluate import evaluate
+from georaster_quant.quantize import quiet
+from georaster_quant.quantized_bundle import QuantizeOptions, quantize_bundle
+from georaster_quant.synth import SceneSpec, generate_scene
+from georaster_quant.train import TrainConfig, train
+
+QUANT_TYPES = ("fp16", "dynamic_int8", "static_int8", "per_channel_int8", "qat_int8")
+
+
+def ort_session(model, threads):
+    import onnxruntime as ort
+
+    buf = io.BytesIO()
+    x = torch.zeros(1, model.in_channels, model.tile_size, model.tile_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}})
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+
+
+def timings(runners, batch, repeats):
+    """Median ms per call of each runner, alternating A, B, C ... in every round."""
+    for fn in runners.values():
+        for _ in range(3):
+            fn(batch)
+    times = {k: [] for k in runners}
+    for _ in range(repeats):
+        for k, fn in runners.items():
+            t0 = time.perf_counter()
+            fn(batch)
+            times[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) * 1000 for k, v in times.items()}
+
+
+def torch_runner(module):
+    def fn(batch):
+        with quiet(), torch.inference_mode():
+            return module(torch.from_numpy(batch))
+    return fn
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=30)
+    args = ap.parse_args()
+    out = Path(args.out)
+    data = out / "data"
+    tr, te = data / "train_2048", data / "test_1536"
+    if not (tr / "scene.tif").exists():
+        generate_scene(tr, SceneSpec(2048, 2048, 4, 0), progress=False, overwrite=True)
+    if not (te / "scene.tif").exists():
+        generate_scene(te, SceneSpec(1536, 1536, 4, 4242), progress=False, overwrite=True)
+    qdir = out / "quant"
+    qdir.mkdir(parents=True, exist_ok=True)
+    fp32_dir = qdir / "patch4"
+    if not (fp32_dir / "bundle.json").exists():
+        train(tr / "scene.tif", tr / "labels.tif", fp32_dir, TrainConfig(epochs=args.epochs),
+              overwrite=True, progress=False)
+    scene, labels = str(te / "scene.tif"), str(te / "labels.tif")
+    cpu = torch.backends.cpu.get_cpu_capability()
+    result = {"cpu_capability": cpu, "torch": torch.__version__, "test_scene": scene}
+
+    # Every quant type with the defaults, then the observers for the static types.
+    bundles = {"fp32": fp32_dir}
+    for qt in QUANT_TYPES:
+        opts = QuantizeOptions(qt, data=[str(tr / "scene.tif")],
+                               labels=str(tr / "labels.tif") if qt == "qat_int8" else None)
+        s = quantize_bundle(fp32_dir, opts, qdir / "types", overwrite=True)
+        bundles[qt] = Path(s["bundle"])
+    observer_rows = []
+    for qt in ("static_int8", "per_channel_int8"):
+        for obs in ("minmax", "moving_average", "histogram"):
+            for method in ("diverse", "random"):
+                opts = QuantizeOptions(qt, data=[str(tr / "scene.tif")], observer=obs,
+                                       calibration=method)
+                s = quantize_bundle(fp32_dir, opts, qdir / f"obs_{obs}_{method}", overwrite=True)
+                r = evaluate([fp32_dir, s["bundle"]], scene, labels, stride=16)
+                observer_rows.append({
+                    "quant_type": qt, "observer": obs, "calibration": method,
+                    "accuracy_fp32": r[0]["accuracy"], "accuracy": r[1]["accuracy"],
+                    "drop_pp": (r[0]["accuracy"] - r[1]["accuracy"]) * 100,
+                    "agreement": r[1]["agreement"], "cells": r[1]["cells"],
+                })
+                print(json.dumps(observer_rows[-1]), flush=True)
+    result["observers"] = observer_rows
+
+    evals = evaluate(list(bundles.values()), scene, labels, stride=16)
+    loaded = {k: Bundle(p) for k, p in bundles.items()}
+    calib = choose_calibration_tiles([scene], loaded["fp32"].meta, 32).tiles
+    latency = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        runners = {"fp32_eager": torch_runner(loaded["fp32"].model)}
+        sess = ort_session(loaded["fp32"].model, threads)
+        runners["fp32_onnxruntime"] = lambda b, s=sess: s.run(None, {"input": b})
+        for qt in QUANT_TYPES:
+            runners[qt] = torch_runner(loaded[qt].model)
+        for bs in (1, 32):
+            latency[f"b{bs}_t{threads}"] = timings(runners, np.ascontiguousarray(calib[:bs]),
+                                                  args.repeats)
+    result["latency_ms"] = latency
+    rows = []
+    for qt, r in zip(bundles, evals, strict=True):
+        lat = {k: v["fp32_eager" if qt == "fp32" else qt] for k, v in latency.items()}
+        rows.append({"quant_type": qt, "accuracy": r["accuracy"], "agreement": r["agreement"],
+                     "drop_pp": (evals[0]["accuracy"] - r["accuracy"]) * 100,
+                     "size_bytes": r["size_bytes"],
+                     "compression": evals[0]["size_bytes"] / r["size_bytes"],
+                     "cells": r["cells"], "latency_ms": lat})
+    result["types"] = rows
+    (out / "quantization.json").write_text(json.dumps(result, indent=2))
+
+    cells = rows[0]["cells"]
+    print(f"\nCPU capability: {cpu}; test scene 1536² seed 4242, stride 16, {cells} cells\n")
+    print("| type | accuracy | drop (pp) | agreement | size (B) | smaller | "
+          "b32 t2 ms | b32 t1 ms | b1 t2 ms | b1 t1 ms | b32 t2 speed-up vs fastest FP32 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    fastest = min(latency["b32_t2"]["fp32_eager"], latency["b32_t2"]["fp32_onnxruntime"])
+    for r in rows:
+        lat = r["latency_ms"]
+        print(f"| {r['quant_type']} | {r['accuracy']:.2%} | {r['drop_pp']:+.2f} | "
+              f"{r['agreement']:.2%} | {r['size_bytes']:,} | {r['compression']:.2f}x | "
+              f"{lat['b32_t2']:.2f} | {lat['b32_t1']:.2f} | {lat['b1_t2']:.2f} | "
+              f"{lat['b1_t1']:.2f} | {fastest / lat['b32_t2']:.2f}x |")
+    ort_row = {k: v["fp32_onnxruntime"] for k, v in latency.items()}
+    print(f"| fp32 (ONNX Runtime) | | | | | | {ort_row['b32_t2']:.2f} | {ort_row['b32_t1']:.2f} | "
+          f"{ort_row['b1_t2']:.2f} | {ort_row['b1_t1']:.2f} | |")
+    print("\n| type | observer | calibration | accuracy | drop (pp) | agreement |")
+    print("|---|---|---|---|---|---|")
+    for r in observer_rows:
+        print(f"| {r['quant_type']} | {r['observer']} | {r['calibration']} | "
+              f"{r['accuracy']:.2%} | {r['drop_pp']:+.2f} | {r['agreement']:.2%} |")
+
+
+if __name__ == "__main__":
+    main()
