@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -266,7 +267,9 @@ def load_state_dict(path: str | os.PathLike[str], meta: BundleMeta) -> dict[str,
     if sha256_file(weights) != meta.weights_info.sha256:
         raise BundleError(f"{weights}: checksum does not match {META_FILE}; the file was changed")
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # quantized tensors use a deprecated storage path
+            warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
+            state = torch.load(weights, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BundleError(

@@ -104,10 +104,8 @@ def sensitivity_figure(score: ModelScore, path: Path) -> bool:
     ax[1].barh(layers, [100 * r["disagreement"] for r in ranking][::-1], color="tab:purple")
     ax[1].set_xlabel("decisions changed (%)")
     kept = score.meta.quantization.fp32_layers
-    fig.suptitle(
-        f"only this layer quantized (most sensitive on top); kept in FP32: {', '.join(kept) or 'none'}",
-        fontsize=9,
-    )
+    title = "only this layer quantized (most sensitive on top)"
+    fig.suptitle(f"{title}; kept in FP32: {', '.join(kept) or 'none'}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
