@@ -507,6 +507,10 @@ def format_summary(s: dict[str, Any]) -> str:
             f"{cal['random_coverage_radius']:.2f}); {cal['bright_tiles']} bright, "
             f"{cal['dark_tiles']} dark"
         )
+    ranges = d.get("activation_ranges")
+    if ranges:
+        short = ", ".join(f"{k} [{lo:.2f}, {hi:.2f}]" for k, (lo, hi) in ranges.items())
+        lines.append(f"  activation ranges  {short}")
     for st in d.get("budget_steps", [])[1:]:
         lines.append(f"  budget step        {st['step']}: drop {st['drop_pp']:.2f} pp")
     return "\n".join(lines)
