@@ -74,6 +74,8 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--reuse", action="store_true",
+                    help="reuse the bundles and observer table of a previous run; re-time only")
     args = ap.parse_args()
     out = Path(args.out)
     data = out / "data"
@@ -94,13 +96,17 @@ def main() -> None:
 
     # Every quant type with the defaults, then the observers for the static types.
     bundles = {"fp32": fp32_dir}
+    previous = out / "quantization.json"
+    reuse = args.reuse and previous.exists()
     for qt in QUANT_TYPES:
+        bundles[qt] = qdir / "types" / f"{fp32_dir.name}_{qt}"
+        if reuse and bundles[qt].exists():
+            continue
         opts = QuantizeOptions(qt, data=[str(tr / "scene.tif")],
                                labels=str(tr / "labels.tif") if qt == "qat_int8" else None)
-        s = quantize_bundle(fp32_dir, opts, qdir / "types", overwrite=True)
-        bundles[qt] = Path(s["bundle"])
-    observer_rows = []
-    for qt in ("static_int8", "per_channel_int8"):
+        quantize_bundle(fp32_dir, opts, qdir / "types", overwrite=True)
+    observer_rows = json.loads(previous.read_text())["observers"] if reuse else []
+    for qt in () if reuse else ("static_int8", "per_channel_int8"):
         for obs in ("minmax", "moving_average", "histogram"):
             for method in ("diverse", "random"):
                 opts = QuantizeOptions(qt, data=[str(tr / "scene.tif")], observer=obs,
