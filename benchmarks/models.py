@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import ort_runner, timings, torch_runner
 
 from georaster_quant.bundle import Bundle
 from georaster_quant.evaluate import evaluate
 from georaster_quant.io import RasterReader
 from georaster_quant.model import ARCHITECTURES, count_macs
 from georaster_quant.predict import predict_grid
-from georaster_quant.quantize import quantize_static, quiet
+from georaster_quant.quantize import QuantConfig, quantize, quiet
 from georaster_quant.sampling import sample_tiles
 from georaster_quant.synth import SceneSpec, generate_scene
 from georaster_quant.train import TrainConfig, train
@@ -41,21 +41,15 @@ class ModuleBackend:
             return torch.softmax(self.module(torch.from_numpy(batch)), 1).numpy()
 
 
-def time_per_tile(modules, batch, threads, repeats=15):
-    """Median seconds per tile of each module, timed alternately (A, B, A, B ...)."""
+def time_per_tile(bundle, int8, batch, threads):
+    """µs per tile of eager FP32, ONNX Runtime FP32 and eager INT8, timed alternately."""
     torch.set_num_threads(threads)
-    x = torch.from_numpy(batch)
-    times = {k: [] for k in modules}
-    with torch.inference_mode(), quiet():
-        for m in modules.values():
-            for _ in range(3):
-                m(x)
-        for _ in range(repeats):
-            for k, m in modules.items():
-                t0 = time.perf_counter()
-                m(x)
-                times[k].append(time.perf_counter() - t0)
-    return {k: float(np.median(v)) / len(batch) for k, v in times.items()}
+    runners = {
+        "fp32": torch_runner(bundle.model),
+        "ort_fp32": ort_runner(bundle.model, threads),
+        "int8": torch_runner(int8),
+    }
+    return {k: v * 1000 / len(batch) for k, v in timings(runners, batch, 15).items()}
 
 
 def main() -> None:
@@ -103,15 +97,18 @@ def main() -> None:
         bundle = Bundle(bdir)
         fill = np.asarray(bundle.meta.input.fill_values, np.float32)[None, :, None, None]
         x = np.where(calib.valid[:, None], calib.data.astype(np.float32), fill)
-        int8 = quantize_static(bundle.model, (x[i : i + 32] for i in range(0, len(x), 32)))
+        int8 = quantize(
+            bundle.model, [x[i : i + 32] for i in range(0, len(x), 32)],
+            QuantConfig("per_channel_int8"),
+        ).module
         fp32_eval = evaluate([bdir], te / "scene.tif", te / "labels.tif", stride=16)[0]
         pred = predict_grid(ModuleBackend(int8, bundle.meta), te / "scene.tif", stride=16)
         ref = predict_grid(ModuleBackend(bundle.model, bundle.meta), te / "scene.tif", stride=16)
         truth_acc = fp32_eval["accuracy"]
         agree = float((pred.classes == ref.classes)[ref.valid].mean())
         batch = x[:32]
-        t2 = time_per_tile({"fp32": bundle.model, "int8": int8}, batch, threads=2)
-        t1 = time_per_tile({"fp32": bundle.model, "int8": int8}, batch, threads=1)
+        t2 = time_per_tile(bundle, int8, batch, threads=2)
+        t1 = time_per_tile(bundle, int8, batch, threads=1)
         macs = count_macs(bundle.model)
         row = {
             "arch": arch,
@@ -122,10 +119,12 @@ def main() -> None:
             "val_tile_accuracy": bundle.meta.metrics["fp32"]["val_accuracy"],
             "test_cell_accuracy_fp32": truth_acc,
             "int8_agreement": agree,
-            "fp32_us_per_tile_2t": t2["fp32"] * 1e6,
-            "int8_us_per_tile_2t": t2["int8"] * 1e6,
-            "fp32_us_per_tile_1t": t1["fp32"] * 1e6,
-            "int8_us_per_tile_1t": t1["int8"] * 1e6,
+            "fp32_us_per_tile_2t": t2["fp32"],
+            "ort_fp32_us_per_tile_2t": t2["ort_fp32"],
+            "int8_us_per_tile_2t": t2["int8"],
+            "fp32_us_per_tile_1t": t1["fp32"],
+            "ort_fp32_us_per_tile_1t": t1["ort_fp32"],
+            "int8_us_per_tile_1t": t1["int8"],
         }
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -11,62 +11,21 @@ process at batch 1 and 32 with 1 and 2 threads. Prints Markdown tables and write
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from _common import ort_runner, timings, torch_runner
 
 from georaster_quant.bundle import Bundle
 from georaster_quant.calibration import choose_calibration_tiles
 from georaster_quant.evaluate import evaluate
-from georaster_quant.quantize import quiet
 from georaster_quant.quantized_bundle import QuantizeOptions, quantize_bundle
 from georaster_quant.synth import SceneSpec, generate_scene
 from georaster_quant.train import TrainConfig, train
 
 QUANT_TYPES = ("fp16", "dynamic_int8", "static_int8", "per_channel_int8", "qat_int8")
-
-
-def ort_session(model, threads):
-    import onnxruntime as ort
-
-    buf = io.BytesIO()
-    x = torch.zeros(1, model.in_channels, model.tile_size, model.tile_size)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}})
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
-
-
-def timings(runners, batch, repeats):
-    """Median ms per call of each runner, alternating A, B, C ... in every round."""
-    for fn in runners.values():
-        for _ in range(3):
-            fn(batch)
-    times = {k: [] for k in runners}
-    for _ in range(repeats):
-        for k, fn in runners.items():
-            t0 = time.perf_counter()
-            fn(batch)
-            times[k].append(time.perf_counter() - t0)
-    return {k: float(np.median(v)) * 1000 for k, v in times.items()}
-
-
-def torch_runner(module):
-    def fn(batch):
-        with quiet(), torch.inference_mode():
-            return module(torch.from_numpy(batch))
-    return fn
 
 
 def main() -> None:
@@ -128,9 +87,10 @@ def main() -> None:
     latency = {}
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        runners = {"fp32_eager": torch_runner(loaded["fp32"].model)}
-        sess = ort_session(loaded["fp32"].model, threads)
-        runners["fp32_onnxruntime"] = lambda b, s=sess: s.run(None, {"input": b})
+        runners = {
+            "fp32_eager": torch_runner(loaded["fp32"].model),
+            "fp32_onnxruntime": ort_runner(loaded["fp32"].model, threads),
+        }
         for qt in QUANT_TYPES:
             runners[qt] = torch_runner(loaded[qt].model)
         for bs in (1, 32):

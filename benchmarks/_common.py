@@ -1,0 +1,53 @@
+"""Helpers shared by the benchmarks: alternating timings and an ONNX Runtime FP32 session."""
+
+from __future__ import annotations
+
+import io
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from georaster_quant.quantize import quiet
+
+
+def timings(runners, batch, repeats):
+    """Median ms per call of each runner, alternating A, B, C ... in every round."""
+    for fn in runners.values():
+        for _ in range(3):
+            fn(batch)
+    times = {k: [] for k in runners}
+    for _ in range(repeats):
+        for k, fn in runners.items():
+            t0 = time.perf_counter()
+            fn(batch)
+            times[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) * 1000 for k, v in times.items()}
+
+
+def torch_runner(module):
+    """Call a (possibly quantized) module on a numpy batch."""
+    def fn(batch):
+        with quiet(), torch.inference_mode():
+            return module(torch.from_numpy(batch))
+    return fn
+
+
+def ort_runner(model, threads):
+    """ONNX Runtime FP32 on an export of ``model`` (legacy exporter, opset 17)."""
+    import onnxruntime as ort
+
+    buf = io.BytesIO()
+    x = torch.zeros(1, model.in_channels, model.tile_size, model.tile_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}})
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+    return lambda batch: sess.run(None, {"input": batch})
