@@ -28,9 +28,11 @@ def timings(runners, batch, repeats):
 
 def torch_runner(module):
     """Call a (possibly quantized) module on a numpy batch."""
+
     def fn(batch):
         with quiet(), torch.inference_mode():
             return module(torch.from_numpy(batch))
+
     return fn
 
 
@@ -42,9 +44,16 @@ def ort_runner(model, threads):
     x = torch.zeros(1, model.in_channels, model.tile_size, model.tile_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}})
+        torch.onnx.export(
+            model,
+            (x,),
+            buf,
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
+        )
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1

@@ -98,7 +98,8 @@ def main() -> None:
         fill = np.asarray(bundle.meta.input.fill_values, np.float32)[None, :, None, None]
         x = np.where(calib.valid[:, None], calib.data.astype(np.float32), fill)
         int8 = quantize(
-            bundle.model, [x[i : i + 32] for i in range(0, len(x), 32)],
+            bundle.model,
+            [x[i : i + 32] for i in range(0, len(x), 32)],
             QuantConfig("per_channel_int8"),
         ).module
         fp32_eval = evaluate([bdir], te / "scene.tif", te / "labels.tif", stride=16)[0]

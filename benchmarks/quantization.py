@@ -33,8 +33,11 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--reuse", action="store_true",
-                    help="reuse the bundles and observer table of a previous run; re-time only")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse the bundles and observer table of a previous run; re-time only",
+    )
     args = ap.parse_args()
     out = Path(args.out)
     data = out / "data"
@@ -47,8 +50,14 @@ def main() -> None:
     qdir.mkdir(parents=True, exist_ok=True)
     fp32_dir = qdir / "patch4"
     if not (fp32_dir / "bundle.json").exists():
-        train(tr / "scene.tif", tr / "labels.tif", fp32_dir, TrainConfig(epochs=args.epochs),
-              overwrite=True, progress=False)
+        train(
+            tr / "scene.tif",
+            tr / "labels.tif",
+            fp32_dir,
+            TrainConfig(epochs=args.epochs),
+            overwrite=True,
+            progress=False,
+        )
     scene, labels = str(te / "scene.tif"), str(te / "labels.tif")
     cpu = torch.backends.cpu.get_cpu_capability()
     result = {"cpu_capability": cpu, "torch": torch.__version__, "test_scene": scene}
@@ -61,23 +70,33 @@ def main() -> None:
         bundles[qt] = qdir / "types" / f"{fp32_dir.name}_{qt}"
         if reuse and bundles[qt].exists():
             continue
-        opts = QuantizeOptions(qt, data=[str(tr / "scene.tif")],
-                               labels=str(tr / "labels.tif") if qt == "qat_int8" else None)
+        opts = QuantizeOptions(
+            qt,
+            data=[str(tr / "scene.tif")],
+            labels=str(tr / "labels.tif") if qt == "qat_int8" else None,
+        )
         quantize_bundle(fp32_dir, opts, qdir / "types", overwrite=True)
     observer_rows = json.loads(previous.read_text())["observers"] if reuse else []
     for qt in () if reuse else ("static_int8", "per_channel_int8"):
         for obs in ("minmax", "moving_average", "histogram"):
             for method in ("diverse", "random"):
-                opts = QuantizeOptions(qt, data=[str(tr / "scene.tif")], observer=obs,
-                                       calibration=method)
+                opts = QuantizeOptions(
+                    qt, data=[str(tr / "scene.tif")], observer=obs, calibration=method
+                )
                 s = quantize_bundle(fp32_dir, opts, qdir / f"obs_{obs}_{method}", overwrite=True)
                 r = evaluate([fp32_dir, s["bundle"]], scene, labels, stride=16)
-                observer_rows.append({
-                    "quant_type": qt, "observer": obs, "calibration": method,
-                    "accuracy_fp32": r[0]["accuracy"], "accuracy": r[1]["accuracy"],
-                    "drop_pp": (r[0]["accuracy"] - r[1]["accuracy"]) * 100,
-                    "agreement": r[1]["agreement"], "cells": r[1]["cells"],
-                })
+                observer_rows.append(
+                    {
+                        "quant_type": qt,
+                        "observer": obs,
+                        "calibration": method,
+                        "accuracy_fp32": r[0]["accuracy"],
+                        "accuracy": r[1]["accuracy"],
+                        "drop_pp": (r[0]["accuracy"] - r[1]["accuracy"]) * 100,
+                        "agreement": r[1]["agreement"],
+                        "cells": r[1]["cells"],
+                    }
+                )
                 print(json.dumps(observer_rows[-1]), flush=True)
     result["observers"] = observer_rows
 
@@ -94,40 +113,56 @@ def main() -> None:
         for qt in QUANT_TYPES:
             runners[qt] = torch_runner(loaded[qt].model)
         for bs in (1, 32):
-            latency[f"b{bs}_t{threads}"] = timings(runners, np.ascontiguousarray(calib[:bs]),
-                                                  args.repeats)
+            latency[f"b{bs}_t{threads}"] = timings(
+                runners, np.ascontiguousarray(calib[:bs]), args.repeats
+            )
     result["latency_ms"] = latency
     rows = []
     for qt, r in zip(bundles, evals, strict=True):
         lat = {k: v["fp32_eager" if qt == "fp32" else qt] for k, v in latency.items()}
-        rows.append({"quant_type": qt, "accuracy": r["accuracy"], "agreement": r["agreement"],
-                     "drop_pp": (evals[0]["accuracy"] - r["accuracy"]) * 100,
-                     "size_bytes": r["size_bytes"],
-                     "compression": evals[0]["size_bytes"] / r["size_bytes"],
-                     "cells": r["cells"], "latency_ms": lat})
+        rows.append(
+            {
+                "quant_type": qt,
+                "accuracy": r["accuracy"],
+                "agreement": r["agreement"],
+                "drop_pp": (evals[0]["accuracy"] - r["accuracy"]) * 100,
+                "size_bytes": r["size_bytes"],
+                "compression": evals[0]["size_bytes"] / r["size_bytes"],
+                "cells": r["cells"],
+                "latency_ms": lat,
+            }
+        )
     result["types"] = rows
     (out / "quantization.json").write_text(json.dumps(result, indent=2))
 
     cells = rows[0]["cells"]
     print(f"\nCPU capability: {cpu}; test scene 1536² seed 4242, stride 16, {cells} cells\n")
-    print("| type | accuracy | drop (pp) | agreement | size (B) | smaller | "
-          "b32 t2 ms | b32 t1 ms | b1 t2 ms | b1 t1 ms | b32 t2 speed-up vs fastest FP32 |")
+    print(
+        "| type | accuracy | drop (pp) | agreement | size (B) | smaller | "
+        "b32 t2 ms | b32 t1 ms | b1 t2 ms | b1 t1 ms | b32 t2 speed-up vs fastest FP32 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     fastest = min(latency["b32_t2"]["fp32_eager"], latency["b32_t2"]["fp32_onnxruntime"])
     for r in rows:
         lat = r["latency_ms"]
-        print(f"| {r['quant_type']} | {r['accuracy']:.2%} | {r['drop_pp']:+.2f} | "
-              f"{r['agreement']:.2%} | {r['size_bytes']:,} | {r['compression']:.2f}x | "
-              f"{lat['b32_t2']:.2f} | {lat['b32_t1']:.2f} | {lat['b1_t2']:.2f} | "
-              f"{lat['b1_t1']:.2f} | {fastest / lat['b32_t2']:.2f}x |")
+        print(
+            f"| {r['quant_type']} | {r['accuracy']:.2%} | {r['drop_pp']:+.2f} | "
+            f"{r['agreement']:.2%} | {r['size_bytes']:,} | {r['compression']:.2f}x | "
+            f"{lat['b32_t2']:.2f} | {lat['b32_t1']:.2f} | {lat['b1_t2']:.2f} | "
+            f"{lat['b1_t1']:.2f} | {fastest / lat['b32_t2']:.2f}x |"
+        )
     ort_row = {k: v["fp32_onnxruntime"] for k, v in latency.items()}
-    print(f"| fp32 (ONNX Runtime) | | | | | | {ort_row['b32_t2']:.2f} | {ort_row['b32_t1']:.2f} | "
-          f"{ort_row['b1_t2']:.2f} | {ort_row['b1_t1']:.2f} | |")
+    print(
+        f"| fp32 (ONNX Runtime) | | | | | | {ort_row['b32_t2']:.2f} | {ort_row['b32_t1']:.2f} | "
+        f"{ort_row['b1_t2']:.2f} | {ort_row['b1_t1']:.2f} | |"
+    )
     print("\n| type | observer | calibration | accuracy | drop (pp) | agreement |")
     print("|---|---|---|---|---|---|")
     for r in observer_rows:
-        print(f"| {r['quant_type']} | {r['observer']} | {r['calibration']} | "
-              f"{r['accuracy']:.2%} | {r['drop_pp']:+.2f} | {r['agreement']:.2%} |")
+        print(
+            f"| {r['quant_type']} | {r['observer']} | {r['calibration']} | "
+            f"{r['accuracy']:.2%} | {r['drop_pp']:+.2f} | {r['agreement']:.2%} |"
+        )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -230,15 +231,22 @@ def save_bundle(
     meta: BundleMeta,
     *,
     overwrite: bool = False,
+    verify: Callable[[Path], None] | None = None,
 ) -> BundleMeta:
-    """Write ``model``'s state dict and ``meta`` as a bundle folder, atomically."""
+    """Write a module's (or a plain) state dict and ``meta`` as a bundle folder, atomically.
+
+    ``verify`` is called with the complete folder before it is moved into place; if it
+    raises, nothing is left at ``path``.
+    """
     import torch
 
     out = check_output_path(path, overwrite=overwrite, folder=True)
+    # A state dict as given keeps its ``_metadata`` (module versions quantized layers need).
+    state = model.state_dict() if hasattr(model, "state_dict") else model
     with atomic_path(out) as tmp:
         tmp.mkdir()
         weights = tmp / WEIGHTS_FILE
-        torch.save(model.state_dict(), weights)
+        torch.save(state, weights)
         final = meta.model_copy(
             update={
                 "model_name": out.name,
@@ -252,6 +260,8 @@ def save_bundle(
         (tmp / META_FILE).write_text(
             json.dumps(final.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8"
         )
+        if verify is not None:
+            verify(tmp)
     return final
 
 
@@ -267,8 +277,9 @@ def load_state_dict(path: str | os.PathLike[str], meta: BundleMeta) -> dict[str,
     if sha256_file(weights) != meta.weights_info.sha256:
         raise BundleError(f"{weights}: checksum does not match {META_FILE}; the file was changed")
     try:
-        with warnings.catch_warnings():  # quantized tensors use a deprecated storage path
-            warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
+        with warnings.catch_warnings():  # quantized tensors warn that they are deprecated
+            if meta.quant_type != "fp32":
+                warnings.simplefilter("ignore")
             state = torch.load(weights, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -26,10 +26,10 @@ from georaster_quant.errors import TrainingDataError
 from georaster_quant.stream import iter_row_strips
 from georaster_quant.tiling import TileGrid, tiles_from_strip
 
-#: Normalized value above which every band counts as very bright (cloud-like).
+#: Mean normalized value over the bands above which a pixel is very bright (cloud-like).
 BRIGHT = 2.0
-#: Normalized value below which every band counts as very dark (shadow-like, water).
-DARK = -1.2
+#: Mean normalized value over the bands below which a pixel is very dark (shadow-like).
+DARK = -0.8
 #: A candidate whose nodata share is above this is not used for calibration.
 MAX_NODATA = 0.5
 #: Candidates kept per raster before the choice (a random subset of the grid beyond this).
@@ -53,8 +53,9 @@ def tile_descriptors(
     count = np.maximum(w.sum(axis=(2, 3)), 1.0)
     mean = (z * w).sum(axis=(2, 3)) / count
     spread = np.sqrt(np.maximum((z * z * w).sum(axis=(2, 3)) / count - mean**2, 0.0))
-    bright_px = np.all(z > BRIGHT, axis=1) & valid
-    dark_px = np.all(z < DARK, axis=1) & valid
+    band_mean = z.mean(axis=1)
+    bright_px = (band_mean > BRIGHT) & valid
+    dark_px = (band_mean < DARK) & valid
     n_valid = np.maximum(valid.sum(axis=(1, 2)), 1)
     cols = [mean, spread, mean.mean(axis=1, keepdims=True)]
     names = [f"mean_{i}" for i in range(mean.shape[1])] + [

@@ -41,6 +41,10 @@ class TrainingDataError(GeoRasterQuantError, ValueError):
     """There is not enough usable labelled data to train or evaluate."""
 
 
+class AccuracyBudgetError(GeoRasterQuantError, ValueError):
+    """A quantized model cannot be kept within the accuracy budget."""
+
+
 class NotFittedError(GeoRasterQuantError, ValueError):
     """A fit/transform object was used before it was fitted."""
 

@@ -141,19 +141,34 @@ def _qat_qconfig(per_channel: bool, engine: str) -> Any:
 
 
 def _keep_fp32(model: nn.Module, layers: Iterable[str]) -> None:
-    """Wrap each named layer as dequant -> layer (FP32) -> quant."""
+    """Keep the named blocks/head in FP32, with stubs only where float and INT8 meet.
+
+    Consecutive FP32 layers pass float tensors to each other, so keeping a layer in FP32 also
+    removes the quantization of its input and output activations.
+    """
     from torch.ao.quantization import DeQuantStub, QuantStub
 
-    for name in layers:
+    fp32 = set(layers)
+    units = [f"blocks.{i}" for i in range(len(model.blocks))] + ["head"]
+    prev_float = True  # the model's input (after the FP32 normalization) is float
+    for name in units:
+        mod = model.get_submodule(name)
+        is_float = name in fp32
+        if is_float:
+            mod.qconfig = None
+            if not prev_float:
+                mod = nn.Sequential(DeQuantStub(), mod)
+        elif prev_float and name != units[0]:
+            mod = nn.Sequential(QuantStub(), mod)
         if name == "head":
-            model.head = nn.Sequential(DeQuantStub(), model.head)
-            model.head[1].qconfig = None
-            model.dequant = nn.Identity()  # the logits are already float
+            model.head = mod
         else:
-            idx = int(name.split(".")[1])
-            block = model.blocks[idx]
-            block.qconfig = None
-            model.blocks[idx] = nn.Sequential(DeQuantStub(), block, QuantStub())
+            model.blocks[int(name.split(".")[1])] = mod
+        prev_float = is_float
+    if units[0] in fp32:
+        model.quant = nn.Identity()
+    if "head" in fp32:
+        model.dequant = nn.Identity()
 
 
 def _prepare(model: GeoRasterCNN, cfg: QuantConfig, *, qat: bool = False) -> nn.Module:
@@ -191,10 +206,13 @@ def _convert(prepared: nn.Module) -> nn.Module:
 def _to_fp16(model: GeoRasterCNN, compute: str) -> nn.Module:
     """FP16 weights; computes in FP16 after the FP32 normalization, or in FP32 (upcast)."""
     m = copy.deepcopy(model).eval()
+    for name, child in m.named_children():
+        if name == "normalize":
+            continue
+        child.half()
+        if compute == "fp32":  # the same rounded weights, computed in FP32
+            child.float()
     if compute == "fp16":
-        for name, child in m.named_children():
-            if name != "normalize":
-                child.half()
         m.quant = Cast(torch.float16)
         m.dequant = Cast(torch.float32)
     return m
@@ -202,10 +220,11 @@ def _to_fp16(model: GeoRasterCNN, compute: str) -> nn.Module:
 
 def fp16_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The weights in half precision, except the normalization (always FP32)."""
-    return {
-        k: (v.half() if v.is_floating_point() and not k.startswith("normalize.") else v)
-        for k, v in model.state_dict().items()
-    }
+    state = model.state_dict()
+    for k, v in state.items():
+        if v.is_floating_point() and not k.startswith("normalize."):
+            state[k] = v.half()
+    return state
 
 
 def _forward_batches(model: nn.Module, batches: Iterable[np.ndarray]) -> int:

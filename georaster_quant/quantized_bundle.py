@@ -30,6 +30,7 @@ from georaster_quant.bundle import (
 )
 from georaster_quant.calibration import CalibrationDataReader, choose_calibration_tiles
 from georaster_quant.errors import (
+    AccuracyBudgetError,
     BundleError,
     CalibrationWarning,
     ConfigError,
@@ -113,7 +114,7 @@ def _labelled_split(meta: BundleMeta, opts: QuantizeOptions) -> LabelledSplit | 
             img,
             lab,
             tile_size=tile,
-            stride=max(tile // 2, 1),
+            stride=int(cfg.get("sample_stride", max(tile // 2, 1))),
             label_footprint=meta.input.label_footprint,
             num_classes=len(meta.classes),
             max_tiles=3 * MAX_HELD_OUT,
@@ -185,6 +186,7 @@ def _fine_tuner(split: LabelledSplit | None, fill: np.ndarray, opts: QuantizeOpt
 
         from georaster_quant.train import run_epoch
 
+        torch.manual_seed(opts.seed)
         opt = torch.optim.AdamW(prepared.parameters(), lr=1e-4, weight_decay=1e-5)
         rng = np.random.default_rng(opts.seed)
         for epoch in range(opts.qat_epochs):
@@ -279,30 +281,39 @@ def quantize_bundle(
     sensitivity: list[dict[str, Any]] = []
     if budget is not None and best.drop(ref.accuracy) > budget:
         if opts.quant_type not in STATIC_TYPES:
-            raise TrainingDataError(
+            raise AccuracyBudgetError(
                 f"{weights}: {opts.quant_type} loses {best.drop(ref.accuracy):.2f} points, over "
                 f"the budget of {budget:g}; {opts.quant_type} has no per-layer fallback"
             )
         best, sensitivity = _hold_budget(best, ref.accuracy, budget, fp32.model, attempt, steps)
     elif opts.quant_type in ("static_int8", "per_channel_int8"):  # for the report
         sensitivity = _sensitivity(best.result.config, fp32.model, attempt, ref.accuracy)
+    written: dict[str, Any] = {}
+
+    def verify(folder: Path) -> None:
+        """Load what was written and measure it again before it is moved into place."""
+        bundle = Bundle(folder)
+        again = _measure(bundle.model, eval_x, eval_y, ref.predictions)
+        if budget is not None and (ref.accuracy - again.accuracy) * 100 > budget + 1e-9:
+            raise AccuracyBudgetError(
+                f"{target}: the written bundle loses "
+                f"{(ref.accuracy - again.accuracy) * 100:.2f} points, over the budget of {budget:g}"
+            )
+        written.update(bundle=bundle, measured=again, size=bundle.size_bytes)
+
     details = _save(
-        target, fp32, best, meta, ref, calib, split, steps, sensitivity, opts, overwrite
+        target, fp32, best, meta, ref, calib, split, steps, sensitivity, opts, overwrite, verify
     )
-    # Check what was written: the reloaded bundle must decide like the module we measured.
-    reloaded = Bundle(target)
-    again = _measure(reloaded.model, eval_x, eval_y, ref.predictions)
-    if budget is not None and (ref.accuracy - again.accuracy) * 100 > budget + 1e-9:
-        raise BundleError(f"{target}: the reloaded bundle misses the accuracy budget")
-    batch = eval_x[: opts.batch_size]
-    lat = _latency_ms({"fp32": fp32.model, "quant": reloaded.model}, batch)
+    again = written["measured"]
+    batch = np.resize(eval_x, (opts.batch_size, *eval_x.shape[1:]))  # a full batch
+    lat = _latency_ms({"fp32": fp32.model, "quant": written["bundle"].model}, batch)
     summary = {
         "source": os.fspath(weights),
         "bundle": os.fspath(target),
         "quant_type": opts.quant_type,
         "size_fp32": fp32.size_bytes,
-        "size_quant": reloaded.size_bytes,
-        "compression": fp32.size_bytes / max(reloaded.size_bytes, 1),
+        "size_quant": written["size"],
+        "compression": fp32.size_bytes / max(written["size"], 1),
         "latency_ms_fp32": lat["fp32"],
         "latency_ms_quant": lat["quant"],
         "batch_size": len(batch),
@@ -378,6 +389,13 @@ def _sensitivity(base: QuantConfig, model: Any, attempt: Any, fp32_acc: float) -
 
 
 def _warn_calibration(report: dict[str, Any], path: str) -> None:
+    if report["tiles"] < report["requested"]:
+        warnings.warn(
+            f"{path}: {report['requested']} calibration tiles were asked for, only "
+            f"{report['tiles']} usable tiles exist",
+            CalibrationWarning,
+            stacklevel=3,
+        )
     if report["tiles"] < NARROW_CALIBRATION:
         warnings.warn(
             f"{path}: only {report['tiles']} calibration tiles; ranges may not cover the scene "
@@ -405,6 +423,7 @@ def _save(
     sensitivity: list[dict[str, Any]],
     opts: QuantizeOptions,
     overwrite: bool,
+    verify: Any,
 ) -> dict[str, Any]:
     res = best.result
     c = res.config
@@ -452,18 +471,8 @@ def _save(
         }
     )
     state = fp16_state_dict(res.module) if c.quant_type == "fp16" else res.module.state_dict()
-    save_bundle(target, _StateHolder(state), new_meta, overwrite=overwrite)
+    save_bundle(target, state, new_meta, overwrite=overwrite, verify=verify)
     return details
-
-
-class _StateHolder:
-    """Lets save_bundle write a prepared state dict (FP16 weights)."""
-
-    def __init__(self, state: dict[str, Any]):
-        self._state = state
-
-    def state_dict(self) -> dict[str, Any]:
-        return self._state
 
 
 def format_summary(s: dict[str, Any]) -> str:
