@@ -12,17 +12,21 @@ import torch
 from georaster_quant.quantize import quiet
 
 
-def timings(runners, batch, repeats):
-    """Median ms per call of each runner, alternating A, B, C ... in every round."""
-    for fn in runners.values():
-        for _ in range(3):
-            fn(batch)
+def timings(runners, batch, repeats, block=5):
+    """Median ms per call of each runner, alternating A, B, C ... in blocks.
+
+    Runners alternate in rounds; within a round each runs one untimed call (its threads wake
+    up and the previous runtime's threads go idle) and then ``block`` timed calls, so torch's
+    OpenMP threads and ONNX Runtime's pool do not time each other's idle spinning.
+    """
     times = {k: [] for k in runners}
-    for _ in range(repeats):
+    for _ in range(max(1, repeats // block)):
         for k, fn in runners.items():
-            t0 = time.perf_counter()
             fn(batch)
-            times[k].append(time.perf_counter() - t0)
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn(batch)
+                times[k].append(time.perf_counter() - t0)
     return {k: float(np.median(v)) * 1000 for k, v in times.items()}
 
 

@@ -1,22 +1,25 @@
 """Backends: a float32 batch of raw band values in, class probabilities out.
 
-Every backend takes raw values in the bundle's band order with nodata already replaced by the
-bundle's fill values; normalization happens inside the model (DESIGN's one rule).
+Every backend takes raw values in the model's band order with nodata already replaced by the
+fill values; normalization happens inside the model (DESIGN's one rule). A bundle folder runs
+on eager PyTorch; an exported ``.pt`` file on TorchScript; an ``.onnx`` file on ONNX Runtime,
+which never imports torch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
 from georaster_quant.bundle import Bundle, BundleMeta
-from georaster_quant.errors import ConfigError
+from georaster_quant.errors import BundleError, ConfigError
 from georaster_quant.threads import available_cores
 
-BACKENDS = ("auto", "torch")
+BACKENDS = ("auto", "torch", "torchscript", "onnxruntime")
 
 
 class Backend(Protocol):
@@ -31,8 +34,15 @@ class Backend(Protocol):
         ...
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float32."""
+    z = logits.astype(np.float32) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
 class TorchBackend:
-    """Eager PyTorch on a loaded bundle."""
+    """Eager PyTorch on a loaded bundle (FP32, FP16 or INT8)."""
 
     name = "torch"
 
@@ -44,7 +54,7 @@ class TorchBackend:
         self.meta = bundle.meta
         self.size_bytes = bundle.size_bytes
         torch.set_num_threads(threads or available_cores())
-        self._quiet = contextlib.nullcontext
+        self._quiet: Any = contextlib.nullcontext
         if self.meta.quant_type != "fp32":  # quantized kernels warn that they are deprecated
             from georaster_quant.quantize import quiet
 
@@ -55,13 +65,102 @@ class TorchBackend:
         torch = self._torch
         with self._quiet(), torch.inference_mode():
             logits = self.bundle.model(torch.from_numpy(np.ascontiguousarray(batch, np.float32)))
-            return torch.softmax(logits.float(), dim=1).numpy()
+            return softmax(logits.float().numpy())
+
+
+class TorchScriptBackend:
+    """A TorchScript file written by ``georaster-quant export``."""
+
+    name = "torchscript"
+
+    def __init__(self, path: str | os.PathLike[str], threads: int | None = None):
+        import torch
+
+        from georaster_quant.export import read_exported_meta
+        from georaster_quant.quantize import quiet
+
+        self._torch = torch
+        self._quiet = quiet  # torch.jit and quantized kernels warn that they are deprecated
+        self.meta = read_exported_meta(path)
+        self.size_bytes = Path(path).stat().st_size
+        torch.set_num_threads(threads or available_cores())
+        if self.meta.quant_type != "fp32":
+            torch.backends.quantized.engine = self.meta.quantization.engine or "fbgemm"
+        try:
+            with quiet():
+                self.module = torch.jit.load(os.fspath(path), map_location="cpu").eval()
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise BundleError(f"{path}: not a loadable TorchScript model ({first})") from None
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Softmax probabilities of the scripted model."""
+        torch = self._torch
+        with self._quiet(), torch.inference_mode():
+            logits = self.module(torch.from_numpy(np.ascontiguousarray(batch, np.float32)))
+            return softmax(logits.float().numpy())
+
+
+class OnnxRuntimeBackend:
+    """An ONNX file written by ``georaster-quant export``, on ONNX Runtime (no torch)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike[str], threads: int | None = None):
+        import onnxruntime as ort
+
+        from georaster_quant.export import INPUT_NAME, parse_metadata
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or available_cores()
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle threads sleep instead of spinning: the reader and writer threads need the cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(
+                os.fspath(path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            first = str(exc).splitlines()[0]
+            raise BundleError(f"{path}: not a loadable ONNX model ({first})") from None
+        values = self.session.get_modelmeta().custom_metadata_map
+        self.meta = parse_metadata(path, values)
+        self.size_bytes = Path(path).stat().st_size
+        self._input = INPUT_NAME
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Softmax probabilities of the ONNX model."""
+        (logits,) = self.session.run(None, {self._input: np.ascontiguousarray(batch, np.float32)})
+        return softmax(logits)
 
 
 def open_backend(
     weights: str | os.PathLike[str], backend: str = "auto", threads: int | None = None
 ) -> Backend:
-    """Load ``weights`` (a bundle folder) behind the requested backend."""
+    """Load a bundle folder or an exported file behind the requested backend.
+
+    ``auto`` picks by what ``weights`` is: eager torch for a bundle folder (measured fastest
+    for INT8 here, see docs/export.md), TorchScript for ``.pt``, ONNX Runtime for ``.onnx``.
+    """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    return TorchBackend(Bundle(weights), threads=threads)
+    path = Path(weights)
+    if path.is_dir() or not path.exists():
+        kind = "torch"
+    elif path.suffix == ".onnx":
+        kind = "onnxruntime"
+    else:
+        kind = "torchscript"
+    if backend not in ("auto", kind):
+        hint = "export it first with 'georaster-quant export'" if kind == "torch" else ""
+        raise ConfigError(
+            f"{weights}: a {'bundle folder' if kind == 'torch' else path.suffix + ' file'} runs "
+            f"on the {kind} backend, not {backend}" + (f"; {hint}" if hint else "")
+        )
+    if kind == "onnxruntime":
+        return OnnxRuntimeBackend(path, threads)
+    if kind == "torchscript":
+        return TorchScriptBackend(path, threads)
+    return TorchBackend(Bundle(path), threads=threads)

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from georaster_quant.cli.options import (
+    backend_option,
     bands_option,
     batch_size_option,
     config_option,
@@ -46,13 +47,14 @@ def format_results(results: list[dict[str, Any]]) -> str:
     required=True,
     multiple=True,
     type=click.Path(),
-    help="Bundle to score; repeat to compare (agreement is with the first).",
+    help="Bundle or exported file to score; repeat to compare (agreement is with the first).",
 )
 @image_option
 @labels_option
 @stride_option
 @batch_size_option
 @bands_option
+@backend_option
 @click.option(
     "--report",
     "report_dir",
@@ -76,6 +78,7 @@ def command(
     stride: int | None,
     batch_size: int,
     bands: list[int] | None,
+    backend: str,
     json_path: str | None,
     report_dir: str | None,
     quiet: bool,
@@ -108,6 +111,7 @@ def command(
         stride=stride,
         batch_size=batch_size,
         bands=bands,
+        backend=backend,
         progress=show_progress(quiet),
     )
     results = [s.result for s in scores]

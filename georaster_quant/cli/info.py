@@ -11,10 +11,17 @@ from georaster_quant.cli.options import config_option
 
 
 def contract(path: str) -> dict[str, Any]:
-    """The bundle's contract as one JSON-ready mapping."""
+    """The contract of a bundle folder or an exported file as one JSON-ready mapping."""
+    from pathlib import Path
+
     from georaster_quant.bundle import read_meta
 
-    meta = read_meta(path)
+    if Path(path).is_file():
+        from georaster_quant.export import read_exported_meta
+
+        meta = read_exported_meta(path)
+    else:
+        meta = read_meta(path)
     return {
         "path": path,
         "model_name": meta.model_name,
@@ -57,7 +64,7 @@ def format_contract(c: dict[str, Any]) -> str:
 
 
 @click.command("info")
-@click.argument("bundle", type=click.Path())
+@click.argument("bundle", metavar="BUNDLE_OR_EXPORTED_FILE", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @config_option
 def command(bundle: str, as_json: bool) -> None:
@@ -67,6 +74,7 @@ def command(bundle: str, as_json: bool) -> None:
     Examples:
       georaster-quant info runs/best
       georaster-quant info runs/best --json | jq .band_names
+      georaster-quant info runs/best/model.onnx
     """
     c = contract(bundle)
     click.echo(json.dumps(c, indent=2) if as_json else format_contract(c))

@@ -86,3 +86,12 @@ quiet_option = click.option(
 def show_progress(quiet: bool) -> bool:
     """Progress bars go to stderr, and only when it is a terminal and --quiet is not given."""
     return not quiet and sys.stderr.isatty()
+
+
+backend_option = click.option(
+    "--backend",
+    type=click.Choice(["auto", "torch", "torchscript", "onnxruntime"]),
+    default="auto",
+    show_default=True,
+    help="auto: eager torch for a bundle folder, TorchScript for .pt, ONNX Runtime for .onnx.",
+)

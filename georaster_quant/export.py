@@ -1,0 +1,230 @@
+"""Exporting a bundle to one self-describing file: TorchScript or ONNX.
+
+The one module that uses ``torch.jit`` and ``torch.onnx``. Each exported file carries the
+bundle's whole ``bundle.json`` (TorchScript ``_extra_files``, ONNX ``metadata_props``) plus an
+export record, so the file alone is enough to run inference on raw band values: the model's
+first operation is still the FP32 band normalization.
+
+INT8 bundles go to ONNX through the legacy exporter (``dynamo=False``) applied to the
+quantized torch module itself, which yields a QDQ graph with the bundle's own weights and
+activation ranges; see docs/export.md for why this beat re-quantizing the FP32 graph with ONNX
+Runtime here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from georaster_quant import __version__
+from georaster_quant.bundle import Bundle, BundleMeta, now_iso, sha256_file
+from georaster_quant.errors import BundleError, ConfigError
+from georaster_quant.io import atomic_path, check_output_path
+
+FORMATS = ("torchscript", "onnx")
+#: Default file names inside the bundle folder.
+FILE_NAMES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
+#: Metadata keys: the whole bundle.json, and how the file was exported.
+META_KEY = "georaster_quant"
+EXPORT_KEY = "georaster_quant.export"
+TORCHSCRIPT_META_FILE = "georaster_quant.json"
+TORCHSCRIPT_EXPORT_FILE = "georaster_quant.export.json"
+OPSET = 17
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+def metadata(meta: BundleMeta, fmt: str, bundle_path: Path) -> dict[str, str]:
+    """The key/value strings every exported file carries."""
+    record = {
+        "format": fmt,
+        "opset": OPSET if fmt == "onnx" else None,
+        "input": INPUT_NAME,
+        "output": OUTPUT_NAME,
+        "output_kind": "logits",
+        "source_bundle": os.fspath(bundle_path),
+        "source_weights_sha256": meta.weights_info.sha256,
+        "package_version": __version__,
+        "exported": now_iso(),
+    }
+    flat = {
+        META_KEY: json.dumps(meta.model_dump(mode="json")),
+        EXPORT_KEY: json.dumps(record),
+        # Readable without parsing the whole bundle.json:
+        "quant_type": meta.quant_type,
+        "band_names": json.dumps(meta.input.band_names),
+        "fill_values": json.dumps(meta.input.fill_values),
+        "tile_size": str(meta.input.tile_size),
+        "default_stride": str(meta.input.default_stride),
+        "normalization": json.dumps(meta.normalization.model_dump(mode="json", exclude={"stats"})),
+        "classes": json.dumps([c.model_dump(mode="json") for c in meta.classes]),
+        "training_raster_sha256": meta.provenance.training_raster_sha256,
+    }
+    return flat
+
+
+def parse_metadata(path: str | os.PathLike[str], values: dict[str, str]) -> BundleMeta:
+    """The bundle metadata embedded in an exported file, validated."""
+    from pydantic import ValidationError
+
+    if META_KEY not in values:
+        raise BundleError(
+            f"{path}: no georaster_quant metadata (missing key {META_KEY!r}); export the model "
+            "with 'georaster-quant export' so the file carries its band order, fill values, "
+            "normalization and classes"
+        )
+    try:
+        return BundleMeta.model_validate(json.loads(values[META_KEY]))
+    except (json.JSONDecodeError, ValidationError) as exc:
+        first = str(exc).splitlines()[0]
+        raise BundleError(f"{path}: embedded metadata is invalid ({first})") from None
+
+
+def read_exported_meta(path: str | os.PathLike[str]) -> BundleMeta:
+    """Metadata of an exported file, read without torch or a runtime session."""
+    p = Path(path)
+    if not p.is_file():
+        raise BundleError(f"{p}: no such file")
+    if p.suffix == ".onnx":
+        return parse_metadata(p, _onnx_metadata(p))
+    return parse_metadata(p, _torchscript_metadata(p))
+
+
+def _onnx_metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - onnx raises several unrelated types
+        raise BundleError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def _torchscript_metadata(path: Path) -> dict[str, str]:
+    """TorchScript files are zip archives; extra files sit in ``<archive>/extra/``."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = {n.split("/extra/", 1)[1]: n for n in zf.namelist() if "/extra/" in n}
+            values = {}
+            if TORCHSCRIPT_META_FILE in names:
+                values[META_KEY] = zf.read(names[TORCHSCRIPT_META_FILE]).decode("utf-8")
+            if TORCHSCRIPT_EXPORT_FILE in names:
+                values[EXPORT_KEY] = zf.read(names[TORCHSCRIPT_EXPORT_FILE]).decode("utf-8")
+            return values
+    except (zipfile.BadZipFile, OSError, UnicodeDecodeError):
+        raise BundleError(f"{path}: not a TorchScript file (expected a .pt zip archive)") from None
+
+
+def default_output(bundle: str | os.PathLike[str], fmt: str) -> Path:
+    """Where an export goes without ``--output``: inside the bundle folder."""
+    return Path(bundle) / FILE_NAMES[fmt]
+
+
+def export_bundle(
+    weights: str | os.PathLike[str],
+    fmt: str,
+    output: str | os.PathLike[str] | None = None,
+    *,
+    overwrite: bool = True,
+) -> dict[str, Any]:
+    """Export the bundle ``weights`` to ``fmt`` and check the file against the bundle."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    bundle = Bundle(weights)
+    if fmt == "onnx" and bundle.meta.quant_type == "dynamic_int8":
+        raise ConfigError(
+            f"{weights}: dynamic_int8 bundles export to TorchScript only; for ONNX quantize "
+            "with static_int8 or per_channel_int8"
+        )
+    out = check_output_path(output or default_output(weights, fmt), overwrite=overwrite)
+    values = metadata(bundle.meta, fmt, Path(weights))
+    sample = _sample(bundle)
+    with atomic_path(out, suffix=out.suffix) as tmp:
+        if fmt == "torchscript":
+            _write_torchscript(bundle, tmp, values, sample)
+        else:
+            _write_onnx(bundle, tmp, values, sample)
+        agreement = _check(bundle, tmp, fmt, sample)
+    return {
+        "path": os.fspath(out),
+        "format": fmt,
+        "quant_type": bundle.meta.quant_type,
+        "size_bytes": out.stat().st_size,
+        "sha256": sha256_file(out),
+        "agreement_on_check": agreement,
+    }
+
+
+def _sample(bundle: Bundle, n: int = 16) -> np.ndarray:
+    """Raw-looking tiles around the fill values, for tracing and the export check."""
+    meta = bundle.meta
+    rng = np.random.default_rng(0)
+    center = np.asarray(meta.normalization.center, np.float32)[None, :, None, None]
+    scale = np.asarray(meta.normalization.scale, np.float32)[None, :, None, None]
+    t = meta.input.tile_size
+    noise = rng.standard_normal((n, len(center[0]), t, t)).astype(np.float32)
+    return center + scale * noise
+
+
+def _write_torchscript(bundle: Bundle, path: Path, values: dict[str, str], x: np.ndarray) -> None:
+    import torch
+
+    from georaster_quant.quantize import quiet
+
+    with quiet(), torch.inference_mode():
+        traced = torch.jit.trace(bundle.model, torch.from_numpy(x[:2]), check_trace=False)
+        traced = torch.jit.freeze(traced) if bundle.meta.quant_type == "fp32" else traced
+        torch.jit.save(
+            traced,
+            os.fspath(path),
+            _extra_files={
+                TORCHSCRIPT_META_FILE: values[META_KEY],
+                TORCHSCRIPT_EXPORT_FILE: values[EXPORT_KEY],
+            },
+        )
+
+
+def _write_onnx(bundle: Bundle, path: Path, values: dict[str, str], x: np.ndarray) -> None:
+    import onnx
+    import torch
+
+    from georaster_quant.quantize import quiet
+
+    with quiet(), torch.no_grad():
+        torch.onnx.export(
+            bundle.model,
+            (torch.from_numpy(x[:2]),),
+            os.fspath(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
+    model = onnx.load(os.fspath(path))
+    for key, value in values.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    model.producer_name = "georaster_quant"
+    model.producer_version = __version__
+    onnx.checker.check_model(model)
+    onnx.save(model, os.fspath(path))
+
+
+def _check(bundle: Bundle, path: Path, fmt: str, x: np.ndarray) -> float:
+    """Run the written file on ``x``; its decisions must match the bundle's."""
+    from georaster_quant.backend import open_backend
+    from georaster_quant.quantize import run
+
+    exported = open_backend(path, "onnxruntime" if fmt == "onnx" else "torchscript")
+    ref = run(bundle.model, x).argmax(1).numpy()
+    got = exported(x).argmax(axis=1)
+    agreement = float((ref == got).mean())
+    if agreement < 0.9:
+        raise BundleError(f"{path}: the exported model decides differently from the bundle")
+    return agreement

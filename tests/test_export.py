@@ -1,0 +1,310 @@
+"""Export: self-describing TorchScript and ONNX files, their backends, parity, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import site
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import rasterio
+
+from georaster_quant import errors
+from georaster_quant.backend import open_backend
+from georaster_quant.bundle import Bundle
+from georaster_quant.cli.main import main
+from georaster_quant.export import export_bundle, read_exported_meta
+from georaster_quant.quantized_bundle import QuantizeOptions, quantize_bundle
+
+pytest_plugins = ["conftest_synth"]
+
+
+def run(capsys, *args):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return int(info.value.code or 0), out, err
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(trained_bundle, small_scene, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("int8")
+    opts = QuantizeOptions(
+        "per_channel_int8", data=[str(small_scene[0])], batch_size=16, num_calib_batches=2
+    )
+    return Path(quantize_bundle(trained_bundle, opts, out)["bundle"])
+
+
+@pytest.fixture(scope="module")
+def exported(trained_bundle, int8_bundle, tmp_path_factory):
+    """``exported(kind, fmt)`` -> path of an exported file, made once per module."""
+    folder = tmp_path_factory.mktemp("exported")
+    cache: dict[tuple[str, str], Path] = {}
+
+    def get(kind: str, fmt: str) -> Path:
+        if (kind, fmt) not in cache:
+            source = trained_bundle if kind == "fp32" else int8_bundle
+            suffix = ".onnx" if fmt == "onnx" else ".pt"
+            result = export_bundle(source, fmt, folder / f"{kind}{suffix}")
+            cache[kind, fmt] = Path(result["path"])
+        return cache[kind, fmt]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def raw_tiles(small_scene, trained_bundle) -> np.ndarray:
+    """64 real tiles of the scene, read with plain rasterio, nodata filled."""
+    meta = Bundle(trained_bundle).meta
+    with rasterio.open(small_scene[0]) as src:
+        a = src.read(window=((0, 512), (0, 512))).astype(np.float32)
+    fill = np.asarray(meta.input.fill_values, np.float32)[:, None, None]
+    a = np.where(a == 0, fill, a)
+    return a.reshape(4, 8, 64, 8, 64).transpose(1, 3, 0, 2, 4).reshape(64, 4, 64, 64).copy()
+
+
+@pytest.mark.parametrize("kind", ["fp32", "int8"])
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_exported_files_carry_the_metadata(exported, trained_bundle, int8_bundle, kind, fmt):
+    path = exported(kind, fmt)
+    source = Bundle(trained_bundle if kind == "fp32" else int8_bundle).meta
+    meta = read_exported_meta(path)
+    assert meta.model_dump() == source.model_dump()
+    assert meta.input.band_names == ["blue", "green", "red", "nir"]
+    if fmt == "onnx":
+        model = onnx.load(path)
+        onnx.checker.check_model(model)
+        assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+        props = {p.key: p.value for p in model.metadata_props}
+        assert props["quant_type"] == source.quant_type
+        assert json.loads(props["fill_values"]) == source.input.fill_values
+        assert json.loads(props["georaster_quant.export"])["source_weights_sha256"] == (
+            source.weights_info.sha256
+        )
+
+
+@pytest.mark.parametrize("kind,minimum", [("fp32", 0.999), ("int8", 0.99)])
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_exported_decisions_match_the_bundle(
+    exported, trained_bundle, int8_bundle, raw_tiles, kind, minimum, fmt
+):
+    source = open_backend(trained_bundle if kind == "fp32" else int8_bundle)
+    backend = open_backend(exported(kind, fmt))
+    assert backend.name == ("onnxruntime" if fmt == "onnx" else "torchscript")
+    ref = source(raw_tiles).argmax(1)
+    for batch in (1, 7, 64):  # the batch axis is dynamic
+        got = np.concatenate(
+            [backend(raw_tiles[i : i + batch]).argmax(1) for i in range(0, 64, batch)]
+        )
+        assert (got == ref).mean() >= minimum
+
+
+def _clean_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    """A Python without this package: no site processing (so no editable install), only the
+    site-packages folders on the path, run away from the repository."""
+    paths = [p for p in site.getsitepackages() if "site-packages" in p]
+    prelude = f"import sys; sys.path[:0] = {paths!r}\n"
+    return subprocess.run(
+        [sys.executable, "-S", "-c", prelude + code],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
+
+
+@pytest.mark.parametrize("kind", ["fp32", "int8"])
+def test_files_run_in_a_clean_interpreter_without_the_package(
+    exported, trained_bundle, int8_bundle, small_scene, tmp_path, kind
+):
+    ts, ox = exported(kind, "torchscript"), exported(kind, "onnx")
+    code = f"""
+import json, numpy as np, rasterio, onnxruntime as ort
+try:
+    import georaster_quant
+    raise SystemExit("georaster_quant is importable")
+except ImportError:
+    pass
+sess = ort.InferenceSession({str(ox)!r}, providers=["CPUExecutionProvider"])
+meta = json.loads(sess.get_modelmeta().custom_metadata_map["georaster_quant"])
+fill = np.array(meta["input"]["fill_values"], np.float32)[:, None, None]
+with rasterio.open({str(small_scene[0])!r}) as src:
+    a = src.read(window=((64, 320), (0, 256))).astype(np.float32)
+a = np.where(a == src.nodata, fill, a)
+tiles = a.reshape(4, 4, 64, 4, 64).transpose(1, 3, 0, 2, 4).reshape(16, 4, 64, 64).copy()
+onnx_dec = sess.run(None, {{"input": tiles}})[0].argmax(1)
+import torch
+if meta["quantization"]["type"] != "fp32":
+    torch.backends.quantized.engine = meta["quantization"]["engine"]
+extra = {{"georaster_quant.json": ""}}
+m = torch.jit.load({str(ts)!r}, _extra_files=extra)
+assert json.loads(extra["georaster_quant.json"])["model_name"] == meta["model_name"]
+ts_dec = m(torch.from_numpy(tiles)).argmax(1).numpy()
+print(json.dumps({{"onnx": onnx_dec.tolist(), "torchscript": ts_dec.tolist()}}))
+"""
+    res = _clean_python(code, tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    with rasterio.open(small_scene[0]) as src:
+        a = src.read(window=((64, 320), (0, 256))).astype(np.float32)
+    backend = open_backend(trained_bundle if kind == "fp32" else int8_bundle)
+    fill = np.asarray(backend.meta.input.fill_values, np.float32)[:, None, None]
+    a = np.where(a == 0, fill, a)
+    tiles = a.reshape(4, 4, 64, 4, 64).transpose(1, 3, 0, 2, 4).reshape(16, 4, 64, 64).copy()
+    ref = backend(tiles).argmax(1)
+    for name in ("onnx", "torchscript"):
+        assert (np.array(got[name]) == ref).mean() >= (1.0 if kind == "fp32" else 15 / 16), name
+
+
+def test_onnxruntime_backend_does_not_import_torch(exported, raw_tiles, tmp_path):
+    path = exported("fp32", "onnx")
+    np.save(tmp_path / "x.npy", raw_tiles[:4])
+    code = (
+        "import sys, numpy as np\n"
+        "from georaster_quant.backend import open_backend\n"
+        f"b = open_backend({str(path)!r})\n"
+        f"p = b(np.load({str(tmp_path / 'x.npy')!r}))\n"
+        "assert p.shape == (4, 6) and np.allclose(p.sum(1), 1, atol=1e-5)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "False"
+
+
+def test_evaluate_and_info_take_exported_files(
+    capsys, exported, trained_bundle, small_scene, tmp_path
+):
+    scene, labels = small_scene
+    out = tmp_path / "eval.json"
+    code, _, err = run(
+        capsys,
+        "evaluate",
+        "--weights",
+        trained_bundle,
+        "--weights",
+        exported("fp32", "onnx"),
+        "--weights",
+        exported("fp32", "torchscript"),
+        "--weights",
+        exported("int8", "onnx"),
+        "--image",
+        scene,
+        "--labels",
+        labels,
+        "--stride",
+        "32",
+        "--json",
+        out,
+        "-q",
+    )
+    assert code == 0, err
+    results = json.loads(out.read_text())["results"]
+    assert [r["backend"] for r in results] == ["torch", "onnxruntime", "torchscript", "onnxruntime"]
+    assert results[1]["agreement"] >= 0.999 and results[2]["agreement"] >= 0.999
+    assert results[3]["quant_type"] == "per_channel_int8" and results[3]["agreement"] >= 0.97
+    code, out_text, _ = run(capsys, "info", exported("int8", "onnx"), "--json")
+    info = json.loads(out_text)
+    assert info["quant_type"] == "per_channel_int8" and info["bands"] == 4
+    assert info["band_names"] == ["blue", "green", "red", "nir"]
+
+
+def test_export_command_default_output_inside_the_bundle(capsys, bundle_copy):
+    code, out, err = run(capsys, "export", "--weights", bundle_copy, "--format", "onnx")
+    assert code == 0, err
+    assert (bundle_copy / "model.onnx").is_file()
+    assert "wrote" in out and "match the bundle" in out
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _one_line_error(code, err, *names):
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:"), err
+    for n in names:
+        assert str(n) in lines[0], lines[0]
+
+
+def test_unknown_format_is_a_usage_error(capsys, trained_bundle):
+    code, _, err = run(capsys, "export", "--weights", trained_bundle, "--format", "tflite")
+    assert code == 2 and "tflite" in err
+
+
+@pytest.mark.parametrize("where", ["missing", "file"])
+def test_bad_output_folder(capsys, trained_bundle, tmp_path, where):
+    parent = tmp_path / "nope"
+    if where == "file":
+        parent.write_text("a file")
+    target = parent / "m.onnx"
+    code, _, err = run(
+        capsys, "export", "--weights", trained_bundle, "--format", "onnx", "--output", target
+    )
+    _one_line_error(code, err, target)
+    assert not target.exists()
+
+
+def test_exported_file_without_our_metadata(capsys, trained_bundle, small_scene, tmp_path):
+    import torch
+
+    model = Bundle(trained_bundle).model
+    plain = tmp_path / "plain.onnx"
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 4, 64, 64),),
+        plain,
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+    )
+    code, _, err = run(
+        capsys,
+        "evaluate",
+        "--weights",
+        plain,
+        "--image",
+        small_scene[0],
+        "--labels",
+        small_scene[1],
+    )
+    _one_line_error(code, err, plain, "georaster_quant")
+    with pytest.raises(errors.BundleError, match="missing key"):
+        read_exported_meta(plain)
+
+
+def test_band_count_mismatch_with_an_exported_model(capsys, exported, three_band_scene):
+    code, _, err = run(
+        capsys,
+        "evaluate",
+        "--weights",
+        exported("fp32", "onnx"),
+        "--image",
+        three_band_scene[0],
+        "--labels",
+        three_band_scene[1],
+    )
+    _one_line_error(code, err, three_band_scene[0])
+    assert "--bands" in err
+
+
+def test_backend_that_does_not_fit_the_file(capsys, exported, small_scene):
+    code, _, err = run(
+        capsys,
+        "evaluate",
+        "--weights",
+        exported("fp32", "onnx"),
+        "--backend",
+        "torchscript",
+        "--image",
+        small_scene[0],
+        "--labels",
+        small_scene[1],
+    )
+    _one_line_error(code, err, "onnxruntime")
