@@ -89,11 +89,12 @@ def read_exported_meta(path: str | os.PathLike[str]) -> BundleMeta:
     if not p.is_file():
         raise BundleError(f"{p}: no such file")
     if p.suffix == ".onnx":
-        return parse_metadata(p, _onnx_metadata(p))
+        return parse_metadata(p, onnx_metadata(p))
     return parse_metadata(p, _torchscript_metadata(p))
 
 
-def _onnx_metadata(path: Path) -> dict[str, str]:
+def onnx_metadata(path: Path) -> dict[str, str]:
+    """Metadata properties of an ONNX file (the graph is read, not run)."""
     import onnx
 
     try:

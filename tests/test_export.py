@@ -308,3 +308,19 @@ def test_backend_that_does_not_fit_the_file(capsys, exported, small_scene):
         small_scene[1],
     )
     _one_line_error(code, err, "onnxruntime")
+
+
+def test_auto_prefers_an_up_to_date_onnx_export_inside_the_bundle(bundle_copy, raw_tiles):
+    assert open_backend(bundle_copy).name == "torch"
+    export_bundle(bundle_copy, "onnx")
+    assert open_backend(bundle_copy).name == "onnxruntime"
+    assert open_backend(bundle_copy, "torch").name == "torch"
+    ref = open_backend(bundle_copy, "torch")(raw_tiles).argmax(1)
+    assert (open_backend(bundle_copy)(raw_tiles).argmax(1) == ref).mean() >= 0.999
+    # Weights changed after the export: the stale model.onnx is ignored.
+    meta = json.loads((bundle_copy / "bundle.json").read_text())
+    meta["weights"]["sha256"] = "0" * 64
+    (bundle_copy / "bundle.json").write_text(json.dumps(meta))
+    from georaster_quant.backend import _exported_beside
+
+    assert _exported_beside(bundle_copy) is None

@@ -1,0 +1,156 @@
+"""Backend benchmark: throughput per backend × precision × batch size × threads, start-up time.
+
+Uses the FP32 and per-channel INT8 bundles of benchmarks/quantization.py (run it first),
+exports both to TorchScript and ONNX, and also builds the alternative INT8 ONNX path (ONNX
+Runtime static quantization of the FP32 graph: QDQ, signed 8-bit, per channel, after
+``quant_pre_process``, calibrated on the same diverse tiles) to compare it with the export of
+the torch INT8 model. Timings alternate backends in blocks within one process; start-up is a
+whole fresh interpreter: import, load, first batch.
+
+    python benchmarks/backends.py [--out benchmarks/results] [--repeats 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import timings
+
+from georaster_quant.backend import open_backend
+from georaster_quant.bundle import read_meta
+from georaster_quant.calibration import CalibrationDataReader, choose_calibration_tiles
+from georaster_quant.export import export_bundle
+
+STARTUP = """
+import sys, time
+t0 = time.perf_counter()
+import numpy as np
+from georaster_quant.backend import open_backend
+b = open_backend(sys.argv[1], sys.argv[2])
+x = np.load(sys.argv[3])
+b(x)
+print(time.perf_counter() - t0, 'torch' in sys.modules)
+"""
+
+
+def ort_qdq(fp32_onnx: Path, out: Path, tiles: np.ndarray) -> Path:
+    """ONNX Runtime static quantization of the FP32 graph (the alternative INT8 path)."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader as OrtReader,
+    )
+    from onnxruntime.quantization import (
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(OrtReader):
+        def __init__(self):
+            self.inner = CalibrationDataReader(tiles, 32)
+
+        def get_next(self):
+            return self.inner.get_next()
+
+        def rewind(self):
+            self.inner.rewind()
+
+    pre = out.with_suffix(".pre.onnx")
+    quant_pre_process(str(fp32_onnx), str(pre))
+    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    # Keep our metadata on the re-quantized graph so the ONNX Runtime backend can load it.
+    src, dst = onnx.load(str(fp32_onnx)), onnx.load(str(out))
+    for p in src.metadata_props:
+        dst.metadata_props.add(key=p.key, value=p.value)
+    onnx.save(dst, str(out))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--repeats", type=int, default=20)
+    args = ap.parse_args()
+    out = Path(args.out)
+    qdir = out / "quant"
+    fp32_dir = qdir / "patch4"
+    int8_dir = qdir / "types" / "patch4_per_channel_int8"
+    if not int8_dir.exists():
+        sys.exit("run benchmarks/quantization.py first (it makes the bundles)")
+    edir = out / "exported"
+    edir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, bundle in (("fp32", fp32_dir), ("int8", int8_dir)):
+        files[f"{name}/torchscript"] = Path(export_bundle(bundle, "torchscript",
+                                                          edir / f"{name}.pt")["path"])
+        files[f"{name}/onnxruntime"] = Path(export_bundle(bundle, "onnx",
+                                                          edir / f"{name}.onnx")["path"])
+    scene = out / "data" / "test_1536" / "scene.tif"
+    tiles = choose_calibration_tiles([scene], read_meta(fp32_dir), 128).tiles
+    files["int8/onnxruntime-qdq"] = ort_qdq(files["fp32/onnxruntime"], edir / "int8_qdq.onnx",
+                                            tiles)
+
+    # Agreement of every path with the eager torch model of the same precision.
+    ref = {n: open_backend(b)(tiles).argmax(1) for n, b in (("fp32", fp32_dir),
+                                                           ("int8", int8_dir))}
+    agreement = {k: float((open_backend(p)(tiles).argmax(1) == ref[k.split("/")[0]]).mean())
+                 for k, p in files.items()}
+
+    results: dict[str, dict[str, float]] = {}
+    for threads in (1, 2):
+        runners = {}
+        for name, bundle in (("fp32", fp32_dir), ("int8", int8_dir)):
+            runners[f"{name}/torch"] = open_backend(bundle, "torch", threads)
+        for k, p in files.items():
+            runners[k] = open_backend(p, threads=threads)
+        torch.set_num_threads(threads)
+        for bs in (1, 8, 32):
+            x = np.ascontiguousarray(np.resize(tiles, (bs, *tiles.shape[1:])))
+            ms = timings(runners, x, args.repeats)
+            results[f"b{bs}_t{threads}"] = {k: bs / (v / 1000) for k, v in ms.items()}
+            print(f"batch {bs} threads {threads}:",
+                  json.dumps({k: round(v) for k, v in results[f"b{bs}_t{threads}"].items()}),
+                  flush=True)
+
+    np.save(edir / "x.npy", tiles[:32])
+    startup = {}
+    for k, path in [("fp32/torch", fp32_dir), ("int8/torch", int8_dir), *files.items()]:
+        backend = k.split("/")[1].replace("-qdq", "")
+        runs = []
+        for _ in range(3):
+            res = subprocess.run([sys.executable, "-c", STARTUP, str(path), backend,
+                                  str(edir / "x.npy")], capture_output=True, text=True, check=True)
+            seconds, has_torch = res.stdout.split()
+            runs.append(float(seconds))
+        startup[k] = {"seconds": float(np.median(runs)), "imports_torch": has_torch == "True"}
+
+    cpu = torch.backends.cpu.get_cpu_capability()
+    report = {"cpu_capability": cpu, "tiles_per_s": results, "startup": startup,
+              "agreement_with_eager": agreement}
+    (out / "backends.json").write_text(json.dumps(report, indent=2))
+    print(f"\nCPU capability: {cpu}; tiles per second (4x64x64), higher is better\n")
+    keys = list(next(iter(results.values())))
+    print("| backend | agree | " + " | ".join(results) + " | start-up s | imports torch |")
+    print("|---|---|" + "---|" * len(results) + "---|---|")
+    for k in keys:
+        agree = "ref" if k.endswith("/torch") else f"{agreement[k]:.2%}"
+        print(f"| {k} | {agree} | " + " | ".join(f"{results[c][k]:.0f}" for c in results)
+              + f" | {startup[k]['seconds']:.2f} | {startup[k]['imports_torch']} |")
+    for prec in ("fp32", "int8"):
+        best = max((k for k in keys if k.startswith(prec)), key=lambda k: results["b32_t2"][k])
+        print(f"fastest {prec} at batch 32, 2 threads: {best}")
+    fp32_best = max(v for k, v in results["b32_t2"].items() if k.startswith("fp32"))
+    int8_best = max(v for k, v in results["b32_t2"].items() if k.startswith("int8"))
+    print(f"fastest INT8 / fastest FP32 at batch 32, 2 threads: {int8_best / fp32_best:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
