@@ -311,9 +311,55 @@ class RasterWriter:
         """Add dataset (band 0) or band metadata tags."""
         self._ds.update_tags(band, **{k: str(v) for k, v in tags.items()})
 
-    def write_colormap(self, band: int, colormap: dict[int, tuple[int, int, int]]) -> None:
-        """Attach a colour table to a band."""
+    def write_colormap(self, band: int, colormap: dict[int, tuple[int, int, int]]) -> bool:
+        """Attach a colour table to a band; False where GeoTIFF cannot hold one.
+
+        TIFF keeps a colour table only in files of one or two samples per pixel; wider files
+        (a class map with probability bands) rely on the QGIS style written beside them.
+        """
+        if self._ds.count > 2:
+            return False
         self._ds.write_colormap(band, colormap)
+        self._ds.colorinterp = [
+            ColorInterp.palette if i == band - 1 else ColorInterp.gray
+            for i in range(self._ds.count)
+        ]
+        return True
+
+
+def overview_factors(width: int, height: int, blocksize: int) -> list[int]:
+    """Overview levels 2, 4, ... until the smallest fits in one block (at least one level)."""
+    factors = [2]
+    while max(width, height) / factors[-1] > blocksize:
+        factors.append(factors[-1] * 2)
+    return factors
+
+
+def _to_cog(staging: Path, out: Path, profile: dict[str, Any], resampling: str) -> None:
+    """Overviews on the staging GeoTIFF, then a copy with them in front: a COG layout.
+
+    The GTiff driver with COPY_SRC_OVERVIEWS keeps colour tables and band interpretations
+    (GDAL's COG driver turns the second band of a 2-band file into alpha).
+    """
+    from rasterio.enums import Resampling
+
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_MB), rasterio.open(staging, "r+") as dst:
+        factors = overview_factors(dst.width, dst.height, profile["blockxsize"])
+        dst.build_overviews(factors, Resampling[resampling.lower()])
+    rasterio.shutil.copy(
+        staging,
+        out,
+        driver="GTiff",
+        TILED=True,
+        BLOCKXSIZE=profile["blockxsize"],
+        BLOCKYSIZE=profile["blockysize"],
+        COMPRESS=profile["compress"].upper(),
+        PREDICTOR=profile["predictor"],
+        PHOTOMETRIC="MINISBLACK",
+        INTERLEAVE=profile["interleave"].upper(),
+        COPY_SRC_OVERVIEWS=True,
+        BIGTIFF="IF_SAFER",
+    )
 
 
 @contextlib.contextmanager
@@ -349,6 +395,10 @@ def write_raster(
         "compress": compress,
         "predictor": 2 if np.dtype(dtype).kind in "iu" else 1,
         "interleave": "pixel" if count > 1 else "band",
+        # Bands are measurements or class/confidence layers, never RGB(A): without this GDAL
+        # would call a 4-band uint8 file RGBA (its last band an alpha mask) and drop the
+        # colour table of a 3-band map.
+        "photometric": "MINISBLACK",
         "tiled": True,
         "blockxsize": blocksize,
         "blockysize": blocksize,
@@ -363,16 +413,7 @@ def write_raster(
             ):
                 yield RasterWriter(dst)
             if cog:
-                rasterio.shutil.copy(
-                    staging,
-                    tmp,
-                    driver="COG",
-                    COMPRESS=compress.upper(),
-                    PREDICTOR="YES" if profile["predictor"] == 2 else "NO",
-                    BLOCKSIZE=blocksize,
-                    OVERVIEW_RESAMPLING=overview_resampling.upper(),
-                    BIGTIFF="IF_SAFER",
-                )
+                _to_cog(staging, tmp, profile, overview_resampling)
         finally:
             if cog and staging.exists():
                 staging.unlink()

@@ -7,7 +7,7 @@ bounded by ``(tile_size + block_height) x width x bands``, never by the raster's
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,16 +17,19 @@ from georaster_quant.tiling import TileGrid, Window, mirror_take, source_window,
 
 
 def iter_row_strips(
-    reader: RasterReader, grid: TileGrid
+    reader: RasterReader, grid: TileGrid, rows: Sequence[int] | None = None
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Yield ``(row, data, valid)`` for every output row: the mirrored strip of its tiles."""
+    """Yield ``(row, data, valid)`` for every output row: the mirrored strip of its tiles.
+
+    ``rows`` (increasing) restricts the output rows, e.g. to those a resumed run still needs.
+    """
     info = reader.info
     height, width = info.height, info.width
     block_rows = max(1, info.block_shape[0])
     buf_start = 0
     data = np.empty((info.count, 0, width), dtype=np.float32)
     valid = np.empty((0, width), dtype=bool)
-    for row in range(grid.shape[0]):
+    for row in range(grid.shape[0]) if rows is None else rows:
         window = grid.row_window(row)
         source = source_window(window, height, width)  # full width; rows incl. mirrored ones
         r0, r1 = source.row_off, source.row_end
@@ -79,12 +82,13 @@ def iter_batches(
     grid: TileGrid,
     fill_values: np.ndarray,
     batch_size: int,
+    rows: Sequence[int] | None = None,
 ) -> Iterator[TileBatch]:
-    """Batches of filled tiles in grid order; the last batch may be short."""
+    """Batches of filled tiles in grid order (of ``rows`` only, if given); the last may be short."""
     fill = np.asarray(fill_values, dtype=np.float32)[:, None, None]
     pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     count = 0
-    for row, data, valid in iter_row_strips(reader, grid):
+    for row, data, valid in iter_row_strips(reader, grid, rows):
         tiles = tiles_from_strip(data, grid)
         vtiles = tiles_from_strip(valid, grid)
         filled = np.where(vtiles[:, None], tiles, fill)

@@ -60,9 +60,18 @@ def cli(debug: bool, verbose: int) -> None:
 
 
 def _register() -> None:
-    from georaster_quant.cli import demo, evaluate, export, info, quantize, synth, train
+    from georaster_quant.cli import (
+        demo,
+        evaluate,
+        export,
+        info,
+        predict,
+        quantize,
+        synth,
+        train,
+    )
 
-    for module in (synth, train, quantize, export, evaluate, info, demo):
+    for module in (synth, train, quantize, export, predict, evaluate, info, demo):
         cli.add_command(module.command)
 
 

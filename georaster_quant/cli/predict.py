@@ -1,0 +1,181 @@
+"""``georaster-quant predict``: class maps of one or many rasters."""
+
+from __future__ import annotations
+
+import glob
+import sys
+from pathlib import Path
+
+import click
+
+from georaster_quant.cli.options import (
+    backend_option,
+    bands_option,
+    batch_size_option,
+    config_option,
+    quiet_option,
+    show_progress,
+    stride_option,
+)
+
+
+def expand_inputs(values: tuple[str, ...]) -> list[str]:
+    """``--image`` values: paths, URLs, glob patterns and ``@list.txt`` files (one per line)."""
+    from georaster_quant.errors import RasterInputError
+
+    out: list[str] = []
+    for v in values:
+        if v.startswith("@"):
+            listing = Path(v[1:])
+            if not listing.is_file():
+                raise RasterInputError(f"{listing}: no such list file")
+            out += [
+                ln.strip()
+                for ln in listing.read_text().splitlines()
+                if ln.strip() and not ln.startswith("#")
+            ]
+        elif "://" not in v and any(ch in v for ch in "*?["):
+            matches = sorted(glob.glob(v))
+            if not matches:
+                raise RasterInputError(f"{v}: the pattern matches no file")
+            out += matches
+        else:
+            out.append(v)
+    return out
+
+
+def output_paths(inputs: list[str], output: str) -> list[Path]:
+    """One output per input: the file itself, or ``{stem}_classes.tif`` in a folder."""
+    from georaster_quant.errors import OutputPathError
+
+    if len(inputs) == 1 and not output.endswith(("/", "\\")) and not Path(output).is_dir():
+        return [Path(output)]
+    folder = Path(output)
+    if folder.exists() and not folder.is_dir():
+        raise OutputPathError(f"{folder}: several inputs need an output folder, this is a file")
+    names = [Path(i.split("?")[0]).stem + "_classes.tif" for i in inputs]
+    seen: dict[str, str] = {}
+    for name, src in zip(names, inputs, strict=True):
+        if name in seen:
+            raise OutputPathError(
+                f"{folder / name}: both {seen[name]} and {src} would write it; rename one input"
+            )
+        seen[name] = src
+    return [folder / n for n in names]
+
+
+@click.command("predict")
+@click.option(
+    "--weights", required=True, type=click.Path(), help="Bundle folder or exported .pt/.onnx file."
+)
+@click.option(
+    "--image",
+    "images",
+    required=True,
+    multiple=True,
+    help="Input raster (path, http(s):// or s3:// URL, glob, or @list.txt); repeat.",
+)
+@click.option(
+    "--output",
+    required=True,
+    type=click.Path(),
+    help="Map file for one input; a folder for several ({stem}_classes.tif each).",
+)
+@stride_option
+@batch_size_option
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Backend threads (default: the cores this process may use).",
+)
+@backend_option
+@bands_option
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its journal.")
+@click.option("--overwrite", is_flag=True, help="Replace existing maps.")
+@click.option("--cog", is_flag=True, help="Write cloud-optimized GeoTIFFs with mode overviews.")
+@click.option("--probabilities", is_flag=True, help="Add one band per class (percent).")
+@quiet_option
+@config_option
+def command(
+    weights: str,
+    images: tuple[str, ...],
+    output: str,
+    stride: int | None,
+    batch_size: int,
+    workers: int | None,
+    backend: str,
+    bands: list[int] | None,
+    resume: bool,
+    overwrite: bool,
+    cog: bool,
+    probabilities: bool,
+    quiet: bool,
+) -> None:
+    """Classify each --image into a georeferenced class map.
+
+    Each output cell covers stride x stride input pixels and takes the class of the tile
+    centred on it. Bands (uint8, nodata 255): class (colour table, names), confidence in
+    percent, and with --probabilities one band per class. Beside each map: a QGIS style
+    (.qml) and a run summary (map.tif.json) with tiles, speed, peak memory and area per class.
+    Maps are built beside the output and moved into place when complete; a killed run
+    continues with --resume. One bad input does not stop the others (exit 2 at the end).
+
+    \b
+    Examples:
+      georaster-quant predict --weights runs/best --image scene.tif --output map.tif
+      georaster-quant predict --weights runs/best/model.onnx --image 'tiles/*.tif' \\
+          --output maps/ --cog
+      georaster-quant predict --weights runs/best --image naip.tif --bands 3,2,1,4 \\
+          --output naip_classes.tif --stride 16 --probabilities
+    """
+    from georaster_quant.backend import open_backend
+    from georaster_quant.errors import GeoRasterQuantError
+    from georaster_quant.io import check_output_path
+    from georaster_quant.runner import PredictOptions, predict_raster
+
+    inputs = expand_inputs(images)
+    outputs = output_paths(inputs, output)
+    if len(outputs) > 1 or outputs[0].parent != Path(output).parent:
+        folder = Path(output)
+        if not folder.parent.is_dir():
+            from georaster_quant.errors import OutputPathError
+
+            raise OutputPathError(f"{folder}: folder {folder.parent} does not exist")
+        folder.mkdir(exist_ok=True)
+    for out in outputs:  # every output is checked before any work starts
+        check_output_path(out, overwrite=overwrite or resume)
+    model = open_backend(weights, backend, threads=workers)
+    opts = PredictOptions(
+        stride=stride,
+        batch_size=batch_size,
+        bands=tuple(bands) if bands else None,
+        probabilities=probabilities,
+        cog=cog,
+        resume=resume,
+        overwrite=overwrite,
+        progress=show_progress(quiet),
+    )
+    failed: list[tuple[str, str]] = []
+    rows = []
+    for src, out in zip(inputs, outputs, strict=True):
+        try:
+            s = predict_raster(model, src, out, opts)
+        except GeoRasterQuantError as exc:
+            if len(inputs) == 1:
+                raise
+            failed.append((src, str(exc)))
+            click.echo(f"Error: {exc}", err=True)
+            continue
+        rows.append(s)
+        click.echo(
+            f"{out}: {s['grid'][1]}x{s['grid'][0]} cells, {s['tiles_inferred']} of "
+            f"{s['tiles_total']} tiles inferred in {s['seconds']:.1f} s "
+            f"({s['mpx_per_s']:.1f} Mpx/s, peak {s['peak_rss_mb']:.0f} MB, {model.name})"
+        )
+    if len(inputs) > 1:
+        click.echo(f"\n{len(rows)} of {len(inputs)} maps written to {output}")
+        for src, msg in failed:
+            click.echo(f"  failed: {src}: {msg}")
+    if failed:
+        sys.exit(2)

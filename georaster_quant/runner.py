@@ -1,0 +1,357 @@
+"""Large-area inference: a raster in, a georeferenced class map out, in bounded memory.
+
+A reader thread streams batches of tiles (each block of the input decoded once) into a
+bounded queue; the calling thread runs the backend; finished rows of output cells go to a
+journal of parts beside the output (``.{name}.parts/``, one ``.npz`` per block of output rows,
+written atomically), so a killed run resumes where it stopped. When every part is there the
+map is assembled window by window into a tiled, compressed GeoTIFF (or a COG with mode
+overviews) built beside the output and moved into place at the end, with a QGIS style (``.qml``)
+and a run summary (``map.tif.json``) beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import resource
+import shutil
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from georaster_quant import __version__
+from georaster_quant.backend import Backend
+from georaster_quant.contract import open_input
+from georaster_quant.errors import ConfigError, OutputPathError
+from georaster_quant.io import atomic_path, check_output_path, write_raster
+from georaster_quant.predict import MIN_VALID_FRACTION, NODATA_CLASS
+from georaster_quant.stream import TileBatch, iter_batches
+from georaster_quant.tiling import TileGrid
+
+#: Output rows per journal part (and per window of the assembled map).
+PART_ROWS = 64
+QUEUE_DEPTH = 4
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How to run one map."""
+
+    stride: int | None = None
+    batch_size: int = 32
+    bands: tuple[int, ...] | None = None
+    probabilities: bool = False
+    cog: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = False
+
+
+def _parts_dir(output: Path) -> Path:
+    return output.parent / f".{output.name}.parts"
+
+
+def _signature(backend: Backend, image: str, grid: TileGrid, opts: PredictOptions) -> str:
+    """What a resumed run must share with the run that wrote the journal."""
+    st = os.stat(image) if os.path.exists(image) else None
+    payload = {
+        "weights_sha256": backend.meta.weights_info.sha256,
+        "image": os.path.abspath(image) if st else image,
+        "image_size": st.st_size if st else None,
+        "image_mtime": st.st_mtime_ns if st else None,
+        "grid": [grid.height, grid.width, grid.tile_size, grid.step],
+        "bands": list(opts.bands) if opts.bands else None,
+        "probabilities": opts.probabilities,
+        "part_rows": PART_ROWS,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+class Journal:
+    """Finished blocks of output rows, each an ``.npz`` written atomically."""
+
+    def __init__(self, folder: Path, signature: str, resume: bool):
+        self.folder = folder
+        sig_file = folder / "signature"
+        if folder.exists() and resume:
+            if not sig_file.is_file() or sig_file.read_text() != signature:
+                raise ConfigError(
+                    f"{folder}: the interrupted run used other settings, weights or input; "
+                    "rerun with --overwrite"
+                )
+        else:
+            if folder.exists():
+                shutil.rmtree(folder)
+            folder.mkdir()
+            sig_file.write_text(signature)
+
+    def done(self) -> set[int]:
+        """Indexes of the finished parts."""
+        return {int(p.stem.split("_")[1]) for p in self.folder.glob("part_*.npz")}
+
+    def save(self, index: int, arrays: dict[str, np.ndarray]) -> None:
+        """Write one part atomically (a kill leaves either the whole part or none)."""
+        tmp = self.folder / f".part_{index:06d}.tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, self.folder / f"part_{index:06d}.npz")
+
+    def load(self, index: int) -> dict[str, np.ndarray]:
+        """The arrays of one part."""
+        with np.load(self.folder / f"part_{index:06d}.npz") as z:
+            return {k: z[k] for k in z.files}
+
+
+def _reader_thread(
+    reader: Any,
+    grid: TileGrid,
+    fill: np.ndarray,
+    opts: PredictOptions,
+    rows: Sequence[int],
+    out: queue.Queue,
+) -> None:
+    """Stream batches of the given output rows into ``out``; an exception is passed on."""
+    try:
+        for batch in iter_batches(reader, grid, fill, opts.batch_size, rows=rows):
+            out.put(batch)
+        out.put(None)
+    except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises
+        out.put(exc)
+
+
+def predict_raster(
+    backend: Backend,
+    image: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    opts: PredictOptions = PredictOptions(),
+) -> dict[str, Any]:
+    """Classify ``image`` into the class map ``output``; returns the run summary."""
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    image = os.fspath(image)
+    out = Path(output)
+    if opts.resume and opts.overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other")
+    check_output_path(out, overwrite=opts.overwrite or opts.resume)
+    if out.exists() and opts.resume and not _parts_dir(out).exists():
+        raise OutputPathError(f"{out}: already complete; nothing to resume (use --overwrite)")
+    meta = backend.meta
+    k = len(meta.classes)
+    with open_input(image, meta, opts.bands) as reader:
+        info = reader.info
+        grid = TileGrid(
+            info.height, info.width, meta.input.tile_size, opts.stride or meta.input.default_stride
+        )
+        journal = Journal(_parts_dir(out), _signature(backend, image, grid, opts), opts.resume)
+        n_rows, n_cols = grid.shape
+        n_parts = -(-n_rows // PART_ROWS)
+        todo = [p for p in range(n_parts) if p not in journal.done()]
+        rows = [r for p in todo for r in range(p * PART_ROWS, min((p + 1) * PART_ROWS, n_rows))]
+        fill = np.asarray(meta.input.fill_values, dtype=np.float32)
+        q: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
+        thread = threading.Thread(
+            target=_reader_thread, args=(reader, grid, fill, opts, rows, q), daemon=True
+        )
+        thread.start()
+        inferred = 0
+        pending: dict[int, dict[str, np.ndarray]] = {}
+        bar = tqdm(
+            total=len(rows) * n_cols, unit="tile", desc=Path(image).name, disable=not opts.progress
+        )
+        try:
+            while (item := q.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                probs = backend(item.data)
+                inferred += len(item)
+                _collect(item, probs, pending, n_cols, k, opts.probabilities)
+                for part in sorted({int(r) // PART_ROWS for r in np.unique(item.rows)}):
+                    _flush_if_complete(part, pending, journal, n_rows)
+                bar.update(len(item))
+                bar.set_postfix(
+                    mpx_s=f"{_mpx(bar.n, grid) / max(bar.format_dict['elapsed'], 1e-9):.1f}"
+                )
+        finally:
+            bar.close()
+            thread.join(timeout=5)
+        transform = grid.output_transform(info.transform)
+        crs = info.crs
+        pixel_area = abs(info.transform.a * info.transform.e)
+    classes_counts = _assemble(out, journal, grid, meta, n_parts, transform, crs, opts, backend)
+    seconds = time.perf_counter() - t0
+    summary = {
+        "input": image,
+        "output": os.fspath(out),
+        "weights_sha256": meta.weights_info.sha256,
+        "quant_type": meta.quant_type,
+        "backend": backend.name,
+        "stride": grid.step,
+        "tile_size": grid.tile_size,
+        "grid": list(grid.shape),
+        "tiles_total": len(grid),
+        "tiles_inferred": inferred,
+        "resumed": bool(opts.resume and inferred < len(grid)),
+        "seconds": seconds,
+        "mpx_per_s": grid.height * grid.width / 1e6 / max(seconds, 1e-9),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "area_per_class": {
+            c.name: {"m2": float(n * pixel_area), "ha": float(n * pixel_area / 1e4)}
+            for c, n in zip(meta.classes, classes_counts, strict=True)
+        },
+        "package_version": __version__,
+    }
+    with atomic_path(out.with_name(out.name + ".json")) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    shutil.rmtree(journal.folder, ignore_errors=True)
+    return summary
+
+
+def _mpx(tiles: int, grid: TileGrid) -> float:
+    return tiles * grid.step * grid.step / 1e6
+
+
+def _collect(
+    batch: TileBatch,
+    probs: np.ndarray,
+    pending: dict[int, dict[str, np.ndarray]],
+    n_cols: int,
+    k: int,
+    with_probs: bool,
+) -> None:
+    """File a batch's decisions into the rows they belong to."""
+    keep = batch.valid_fraction >= MIN_VALID_FRACTION
+    cls = np.where(keep, probs.argmax(axis=1), NODATA_CLASS).astype(np.uint8)
+    conf = np.where(keep, np.rint(probs.max(axis=1) * 100), NODATA_CLASS).astype(np.uint8)
+    pct = np.where(keep[:, None], np.rint(probs * 100), NODATA_CLASS).astype(np.uint8)
+    for r in np.unique(batch.rows):
+        sel = batch.rows == r
+        row = pending.setdefault(
+            int(r),
+            {
+                "classes": np.full(n_cols, NODATA_CLASS, np.uint8),
+                "confidence": np.full(n_cols, NODATA_CLASS, np.uint8),
+                "probabilities": np.full(
+                    (k, n_cols) if with_probs else (0, n_cols), NODATA_CLASS, np.uint8
+                ),
+                "filled": np.zeros(n_cols, bool),
+            },
+        )
+        c = batch.cols[sel]
+        row["classes"][c] = cls[sel]
+        row["confidence"][c] = conf[sel]
+        if with_probs:
+            row["probabilities"][:, c] = pct[sel].T
+        row["filled"][c] = True
+
+
+def _flush_if_complete(
+    part: int, pending: dict[int, dict[str, np.ndarray]], journal: Journal, n_rows: int
+) -> None:
+    rows = range(part * PART_ROWS, min((part + 1) * PART_ROWS, n_rows))
+    if not all(r in pending and pending[r]["filled"].all() for r in rows):
+        return
+    block = [pending.pop(r) for r in rows]
+    journal.save(
+        part,
+        {
+            "classes": np.stack([b["classes"] for b in block]),
+            "confidence": np.stack([b["confidence"] for b in block]),
+            "probabilities": np.stack([b["probabilities"] for b in block], axis=1),
+        },
+    )
+
+
+def _assemble(
+    out: Path,
+    journal: Journal,
+    grid: TileGrid,
+    meta: Any,
+    n_parts: int,
+    transform: Any,
+    crs: str | None,
+    opts: PredictOptions,
+    backend: Backend,
+) -> np.ndarray:
+    """Write the map from the journal's parts; returns input pixels per class."""
+    from georaster_quant.tiling import Window
+
+    k = len(meta.classes)
+    n_rows, n_cols = grid.shape
+    names = [c.name for c in meta.classes]
+    band_names = ["class", "confidence"] + ([f"p_{n}" for n in names] if opts.probabilities else [])
+    counts = np.zeros(k, dtype=np.int64)
+    cell_w = np.minimum(grid.step, grid.width - np.arange(n_cols) * grid.step)
+    blocksize = 256 if max(n_rows, n_cols) > 512 else 64 if max(n_rows, n_cols) > 64 else 16
+    with write_raster(
+        out,
+        width=n_cols,
+        height=n_rows,
+        count=len(band_names),
+        dtype="uint8",
+        crs=crs,
+        transform=transform,
+        nodata=NODATA_CLASS,
+        blocksize=blocksize,
+        cog=opts.cog,
+        overview_resampling="mode",
+    ) as dst:
+        dst.set_band_names(band_names)
+        dst.write_colormap(1, {i: tuple(c.color) for i, c in enumerate(meta.classes)})
+        dst.update_tags(
+            CLASSES=",".join(names),
+            BUNDLE_WEIGHTS_SHA256=meta.weights_info.sha256,
+            MODEL_NAME=meta.model_name,
+            QUANT_TYPE=meta.quant_type,
+            BACKEND=backend.name,
+            STRIDE=grid.step,
+            TILE_SIZE=grid.tile_size,
+            GENERATOR=f"georaster_quant {__version__}",
+        )
+        dst.update_tags(1, CLASSES=",".join(names), NODATA="255")
+        dst.update_tags(2, UNITS="percent")
+        for part in range(n_parts):
+            arrays = journal.load(part)
+            r0 = part * PART_ROWS
+            h = arrays["classes"].shape[0]
+            stack = [arrays["classes"][None], arrays["confidence"][None]]
+            if opts.probabilities:
+                stack.append(arrays["probabilities"])
+            dst[Window(r0, 0, h, n_cols)] = np.concatenate(stack, axis=0)
+            cell_h = np.minimum(grid.step, grid.height - (r0 + np.arange(h)) * grid.step)
+            area = cell_h[:, None] * cell_w[None, :]
+            cls = arrays["classes"]
+            for i in range(k):
+                counts[i] += int(area[cls == i].sum())
+    _write_qml(out.with_suffix(".qml"), meta)
+    return counts
+
+
+def _write_qml(path: Path, meta: Any) -> None:
+    """A QGIS paletted style for band 1 with the class names and colours."""
+    from xml.sax.saxutils import quoteattr
+
+    entries = "\n".join(
+        f'        <paletteEntry value="{i}" color="#{c.color[0]:02x}{c.color[1]:02x}'
+        f'{c.color[2]:02x}" alpha="255" label={quoteattr(c.name)}/>'
+        for i, c in enumerate(meta.classes)
+    )
+    text = f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+<qgis version="3.28" styleCategories="Symbology">
+  <pipe>
+    <rasterrenderer type="paletted" band="1" opacity="1" nodataColor="">
+      <colorPalette>
+{entries}
+      </colorPalette>
+    </rasterrenderer>
+  </pipe>
+</qgis>
+"""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

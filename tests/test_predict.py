@@ -1,0 +1,284 @@
+"""predict: class maps, run summary, QGIS style, resume, batch jobs, backends, real rasters."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from georaster_quant.backend import open_backend
+from georaster_quant.cli.main import main
+from georaster_quant.export import export_bundle
+from georaster_quant.predict import predict_grid
+from georaster_quant.runner import PredictOptions, _parts_dir, predict_raster
+from georaster_quant.synth import SceneSpec, generate_scene
+
+pytest_plugins = ["conftest_synth"]
+
+
+def run(capsys, *args):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return int(info.value.code or 0), out, err
+
+
+@pytest.fixture(scope="module")
+def unseen_scene(tmp_path_factory) -> Path:
+    """A scene with a seed and size no other test uses, with a nodata edge."""
+    out = tmp_path_factory.mktemp("unseen")
+    scene, _ = generate_scene(out, SceneSpec(448, 320, 4, 2024), progress=False)
+    return scene
+
+
+def read(path: Path) -> tuple[np.ndarray, dict]:
+    with rasterio.open(path) as src:
+        return src.read(), {
+            "profile": src.profile,
+            "tags": src.tags(),
+            "descriptions": src.descriptions,
+            "transform": src.transform,
+            "crs": src.crs,
+            "overviews": src.overviews(1),
+            "layout": src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT"),
+        }
+
+
+def test_map_matches_the_grid_and_carries_its_provenance(
+    capsys, trained_bundle, unseen_scene, tmp_path
+):
+    out = tmp_path / "map.tif"
+    code, stdout, err = run(
+        capsys,
+        "predict",
+        "--weights",
+        trained_bundle,
+        "--image",
+        unseen_scene,
+        "--output",
+        out,
+        "--stride",
+        "32",
+        "--probabilities",
+    )
+    assert code == 0, err
+    bands, info = read(out)
+    with rasterio.open(unseen_scene) as src:
+        assert info["transform"] == src.transform * src.transform.scale(32)
+        assert info["crs"] == src.crs
+        assert bands.shape == (2 + 6, -(-src.height // 32), -(-src.width // 32))
+    assert info["profile"]["dtype"] == "uint8" and info["profile"]["nodata"] == 255
+    assert info["profile"]["tiled"] and info["profile"]["compress"] == "deflate"
+    assert info["descriptions"][:2] == ("class", "confidence")
+    assert info["tags"]["CLASSES"].split(",")[0] == "water"
+    assert info["tags"]["QUANT_TYPE"] == "fp32" and info["tags"]["STRIDE"] == "32"
+    cls, conf, probs = bands[0], bands[1], bands[2:]
+    valid = cls != 255
+    assert valid.any() and (~valid).any()  # seed 2024 has a nodata edge
+    assert cls[valid].max() < 6 and conf[valid].max() <= 100
+    assert np.all(np.abs(probs[:, valid].astype(int).sum(axis=0) - 100) <= 4)
+    # The same decisions as the in-memory predictor.
+    ref = predict_grid(open_backend(trained_bundle), unseen_scene, stride=32)
+    assert np.array_equal(cls, ref.classes)
+    summary = json.loads(out.with_name("map.tif.json").read_text())
+    for key in (
+        "tiles_total",
+        "tiles_inferred",
+        "seconds",
+        "mpx_per_s",
+        "peak_rss_mb",
+        "area_per_class",
+    ):
+        assert key in summary
+    assert summary["tiles_total"] == summary["tiles_inferred"] == cls.size
+    ha = sum(v["ha"] for v in summary["area_per_class"].values())
+    with rasterio.open(unseen_scene) as src:
+        assert ha <= src.width * src.height * 100 / 1e4  # 10 m pixels: 0.01 ha each
+    qml = out.with_suffix(".qml").read_text()
+    assert "water" in qml and "paletteEntry" in qml
+    assert not _parts_dir(out).exists()
+
+
+def test_cog_output_has_overviews_even_when_small(capsys, trained_bundle, small_scene, tmp_path):
+    out = tmp_path / "map.tif"
+    code, _, err = run(
+        capsys,
+        "predict",
+        "--weights",
+        trained_bundle,
+        "--image",
+        small_scene[0],
+        "--output",
+        out,
+        "--cog",
+        "-q",
+    )
+    assert code == 0, err
+    _, info = read(out)
+    assert info["layout"] == "COG" and info["overviews"]
+    with rasterio.open(out) as src:
+        assert src.colormap(1)[0][:3] == (30, 90, 200)
+
+
+class _Crash(Exception):
+    pass
+
+
+class _Crashing:
+    """A backend that dies after ``after`` batches, as a killed run would."""
+
+    def __init__(self, inner, after):
+        self.inner, self.after = inner, after
+        self.name, self.meta, self.size_bytes = inner.name, inner.meta, inner.size_bytes
+
+    def __call__(self, batch):
+        if self.after == 0:
+            raise _Crash
+        self.after -= 1
+        return self.inner(batch)
+
+
+def test_resume_after_an_interruption_gives_the_same_map(trained_bundle, unseen_scene, tmp_path):
+    backend = open_backend(trained_bundle)
+    full = tmp_path / "full.tif"
+    opts = PredictOptions(stride=8, batch_size=64)  # 56 x 40 cells: parts of 64 rows -> 1 part
+    ref = predict_raster(backend, unseen_scene, full, opts)
+    out = tmp_path / "map.tif"
+    opts = PredictOptions(stride=4, batch_size=256)  # 112 x 80 cells: two parts
+    total = predict_raster(backend, unseen_scene, tmp_path / "whole.tif", opts)
+    with pytest.raises(_Crash):
+        predict_raster(_Crashing(backend, 30), unseen_scene, out, opts)
+    assert not out.exists() and _parts_dir(out).exists()
+    resumed = predict_raster(
+        backend, unseen_scene, out, PredictOptions(stride=4, batch_size=256, resume=True)
+    )
+    assert resumed["tiles_inferred"] < total["tiles_total"]
+    assert resumed["tiles_inferred"] <= total["tiles_total"] - 64 * 112 + 256
+    a, _ = read(out)
+    b, _ = read(tmp_path / "whole.tif")
+    assert np.array_equal(a, b)
+    assert ref["tiles_total"] == 56 * 40
+
+
+def test_existing_output_needs_overwrite_or_resume(capsys, trained_bundle, small_scene, tmp_path):
+    out = tmp_path / "map.tif"
+    out.write_text("keep me")
+    code, _, err = run(
+        capsys, "predict", "--weights", trained_bundle, "--image", small_scene[0], "--output", out
+    )
+    assert code == 2 and "--overwrite" in err and out.read_text() == "keep me"
+    code, _, err = run(
+        capsys,
+        "predict",
+        "--weights",
+        trained_bundle,
+        "--image",
+        small_scene[0],
+        "--output",
+        out,
+        "--overwrite",
+        "--resume",
+    )
+    assert code == 2 and "exclude" in err
+
+
+def test_batch_job_continues_past_a_bad_input(
+    capsys, trained_bundle, small_scene, unseen_scene, tmp_path
+):
+    bad = tmp_path / "broken.tif"
+    bad.write_text("not a raster")
+    other = tmp_path / "other.tif"
+    other.write_bytes(unseen_scene.read_bytes())
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{other}\n{bad}\n")
+    out = tmp_path / "maps"
+    code, stdout, err = run(
+        capsys,
+        "predict",
+        "--weights",
+        trained_bundle,
+        "--image",
+        small_scene[0],
+        "--image",
+        f"@{listing}",
+        "--output",
+        out,
+        "-q",
+    )
+    assert code == 2
+    assert "broken.tif" in err and "2 of 3 maps" in stdout
+    assert sorted(p.name for p in out.glob("*.tif")) == ["other_classes.tif", "scene_classes.tif"]
+
+
+def test_batch_name_collision_is_refused_before_any_work(
+    capsys, trained_bundle, small_scene, tmp_path
+):
+    out = tmp_path / "maps"
+    code, _, err = run(
+        capsys,
+        "predict",
+        "--weights",
+        trained_bundle,
+        "--image",
+        small_scene[0],
+        "--image",
+        small_scene[0],
+        "--output",
+        out,
+    )
+    assert code == 2 and "scene_classes.tif" in err
+    assert not list(out.glob("*.tif")) if out.exists() else True
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_exported_backends_agree_with_torch_on_the_map(trained_bundle, unseen_scene, tmp_path, fmt):
+    exported = export_bundle(
+        trained_bundle, fmt, tmp_path / f"m.{'pt' if fmt != 'onnx' else 'onnx'}"
+    )
+    opts = PredictOptions(stride=16)
+    predict_raster(open_backend(trained_bundle, "torch"), unseen_scene, tmp_path / "a.tif", opts)
+    predict_raster(open_backend(exported["path"]), unseen_scene, tmp_path / "b.tif", opts)
+    a, _ = read(tmp_path / "a.tif")
+    b, _ = read(tmp_path / "b.tif")
+    valid = a[0] != 255
+    assert (a[0][valid] == b[0][valid]).mean() >= 0.99
+
+
+def test_real_naip_rgbn_maps_with_explicit_band_order(
+    capsys, trained_bundle, shared_data, tmp_path
+):
+    naip = shared_data / "naip_rgbn_sub.tif"
+    out = tmp_path / "naip.tif"
+    code, _, err = run(
+        capsys,
+        "predict",
+        "--weights",
+        trained_bundle,
+        "--image",
+        naip,
+        "--bands",
+        "3,2,1,4",
+        "--output",
+        out,
+        "-q",
+    )
+    assert code == 0, err
+    assert "dtype is uint8" in err and "pixel size" in err  # said, not fatal
+    bands, info = read(out)
+    assert bands.shape[1:] == (5, 5) and info["crs"].to_epsg() == 26917
+
+
+def test_band_count_mismatch_is_refused_before_reading(
+    capsys, trained_bundle, shared_data, tmp_path
+):
+    rgb = shared_data / "rgb_byte.tif"
+    out = tmp_path / "m.tif"
+    code, _, err = run(
+        capsys, "predict", "--weights", trained_bundle, "--image", rgb, "--output", out
+    )
+    assert code == 2 and "rgb_byte.tif" in err and "--bands" in err
+    assert not out.exists() and not _parts_dir(out).exists()
