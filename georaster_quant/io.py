@@ -30,6 +30,15 @@ from georaster_quant.tiling import Window, mirror_take, source_window
 #: GDAL block cache for our readers, in MB. GDAL's default (5 % of RAM) is far larger than
 #: anything we need because every reader here reads each block once, in order.
 GDAL_CACHEMAX_MB = 256
+#: Retries for rasters read over HTTP(S) or from object storage, unless the user set them.
+HTTP_RETRY_DEFAULTS = {"GDAL_HTTP_MAX_RETRY": "3", "GDAL_HTTP_RETRY_DELAY": "1"}
+
+
+def gdal_env() -> dict[str, Any]:
+    """GDAL options for our readers: a deliberate block cache, HTTP retries by default."""
+    options: dict[str, Any] = {"GDAL_CACHEMAX": GDAL_CACHEMAX_MB}
+    options.update({k: v for k, v in HTTP_RETRY_DEFAULTS.items() if k not in os.environ})
+    return options
 
 
 @dataclass(frozen=True)
@@ -105,7 +114,7 @@ class RasterReader:
 
     def __init__(self, path: str | os.PathLike[str], bands: Sequence[int] | None = None):
         self._stack = contextlib.ExitStack()
-        self._stack.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_MB))
+        self._stack.enter_context(rasterio.Env(**gdal_env()))
         try:
             self._ds = self._stack.enter_context(_open(path))
         except BaseException:

@@ -324,3 +324,17 @@ def test_auto_prefers_an_up_to_date_onnx_export_inside_the_bundle(bundle_copy, r
     from georaster_quant.backend import _exported_beside
 
     assert _exported_beside(bundle_copy) is None
+
+
+@pytest.mark.parametrize("quant_type", ["fp16", "dynamic_int8"])
+def test_fp16_and_dynamic_bundles_export_to_torchscript(
+    trained_bundle, raw_tiles, tmp_path, quant_type
+):
+    opts = QuantizeOptions(quant_type)
+    bundle = Path(quantize_bundle(trained_bundle, opts, tmp_path / "q")["bundle"])
+    path = Path(export_bundle(bundle, "torchscript", tmp_path / "m.pt")["path"])
+    ref = open_backend(bundle)(raw_tiles).argmax(1)
+    assert (open_backend(path)(raw_tiles).argmax(1) == ref).mean() >= 0.99
+    if quant_type == "dynamic_int8":
+        with pytest.raises(errors.ConfigError, match="TorchScript only"):
+            export_bundle(bundle, "onnx", tmp_path / "m.onnx")

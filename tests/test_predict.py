@@ -234,13 +234,26 @@ def test_batch_name_collision_is_refused_before_any_work(
     assert not list(out.glob("*.tif")) if out.exists() else True
 
 
-@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
-def test_exported_backends_agree_with_torch_on_the_map(trained_bundle, unseen_scene, tmp_path, fmt):
-    exported = export_bundle(
-        trained_bundle, fmt, tmp_path / f"m.{'pt' if fmt != 'onnx' else 'onnx'}"
+@pytest.fixture(scope="module")
+def int8_bundle(trained_bundle, small_scene, tmp_path_factory) -> Path:
+    from georaster_quant.quantized_bundle import QuantizeOptions, quantize_bundle
+
+    opts = QuantizeOptions(
+        "per_channel_int8", data=[str(small_scene[0])], batch_size=16, num_calib_batches=2
     )
+    return Path(quantize_bundle(trained_bundle, opts, tmp_path_factory.mktemp("q"))["bundle"])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_exported_backends_agree_with_torch_on_the_map(
+    trained_bundle, int8_bundle, unseen_scene, tmp_path, fmt, precision
+):
+    bundle = trained_bundle if precision == "fp32" else int8_bundle
+    suffix = "onnx" if fmt == "onnx" else "pt"
+    exported = export_bundle(bundle, fmt, tmp_path / f"m.{suffix}")
     opts = PredictOptions(stride=16)
-    predict_raster(open_backend(trained_bundle, "torch"), unseen_scene, tmp_path / "a.tif", opts)
+    predict_raster(open_backend(bundle, "torch"), unseen_scene, tmp_path / "a.tif", opts)
     predict_raster(open_backend(exported["path"]), unseen_scene, tmp_path / "b.tif", opts)
     a, _ = read(tmp_path / "a.tif")
     b, _ = read(tmp_path / "b.tif")
