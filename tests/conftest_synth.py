@@ -55,3 +55,19 @@ def bundle_copy(trained_bundle: Path, tmp_path: Path) -> Path:
     dst = tmp_path / trained_bundle.name
     shutil.copytree(trained_bundle, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def int8_bundle(trained_bundle: Path, small_scene, tmp_path_factory) -> Path:
+    """A per-channel INT8 bundle of :func:`trained_bundle`, calibrated on the small scene."""
+
+    def make() -> Path:
+        from georaster_quant.quantized_bundle import QuantizeOptions, quantize_bundle
+
+        opts = QuantizeOptions(
+            "per_channel_int8", data=[str(small_scene[0])], batch_size=16, num_calib_batches=2
+        )
+        out = tmp_path_factory.mktemp("int8")
+        return Path(quantize_bundle(trained_bundle, opts, out)["bundle"])
+
+    return _cached("int8_bundle", make)

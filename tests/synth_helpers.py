@@ -98,3 +98,27 @@ def run_cli_subprocess(*args: str, cwd: str | os.PathLike[str] | None = None, ti
         cwd=cwd,
         timeout=timeout,
     )
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    """Run the CLI in-process through ``main`` (real exit codes); (code, stdout, stderr)."""
+    from georaster_quant.cli.main import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    code = info.value.code
+    return (0 if code is None else int(code)), out, err
+
+
+def assert_one_line_error(code: int, out: str, err: str, *needles: object) -> str:
+    """Exit 2, exactly one stderr line 'Error: ...' containing ``needles``, no traceback."""
+    assert code == 2, (code, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("Error:"), err
+    for needle in needles:
+        assert str(needle) in lines[0], (needle, lines[0])
+    assert "Traceback" not in out + err
+    return lines[0]

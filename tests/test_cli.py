@@ -17,9 +17,15 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from synth_helpers import read, run_cli_subprocess, write_labels_like
+from synth_helpers import (
+    assert_one_line_error,
+    read,
+    run_cli,
+    run_cli_subprocess,
+    write_labels_like,
+)
 
-from georaster_quant.cli.main import cli, main
+from georaster_quant.cli.main import cli
 
 FAST_TRAIN = [
     "--epochs",
@@ -36,26 +42,7 @@ FAST_TRAIN = [
 pytest_plugins = ["conftest_synth"]
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    code = info.value.code
-    return (0 if code is None else int(code)), out, err
-
-
-def assert_one_line_error(code: int, out: str, err: str, *names: object) -> str:
-    """Exit 2, exactly one stderr line 'Error: ...' naming ``names``, no traceback."""
-    assert code == 2, (code, out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("Error:"), err
-    for name in names:
-        assert str(name) in lines[0], (name, lines[0])
-    assert "Traceback" not in out + err
-    return lines[0]
+run = run_cli
 
 
 def dot_files(folder: Path) -> list[str]:

@@ -13,32 +13,16 @@ import numpy as np
 import onnx
 import pytest
 import rasterio
+from synth_helpers import run_cli
 
 from georaster_quant import errors
 from georaster_quant.backend import open_backend
 from georaster_quant.bundle import Bundle
-from georaster_quant.cli.main import main
 from georaster_quant.export import export_bundle, read_exported_meta
 from georaster_quant.quantized_bundle import QuantizeOptions, quantize_bundle
 
 pytest_plugins = ["conftest_synth"]
-
-
-def run(capsys, *args):
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
-
-
-@pytest.fixture(scope="module")
-def int8_bundle(trained_bundle, small_scene, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("int8")
-    opts = QuantizeOptions(
-        "per_channel_int8", data=[str(small_scene[0])], batch_size=16, num_calib_batches=2
-    )
-    return Path(quantize_bundle(trained_bundle, opts, out)["bundle"])
+run = run_cli
 
 
 @pytest.fixture(scope="module")

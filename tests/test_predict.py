@@ -8,23 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from synth_helpers import run_cli
 
 from georaster_quant.backend import open_backend
-from georaster_quant.cli.main import main
 from georaster_quant.export import export_bundle
 from georaster_quant.predict import predict_grid
 from georaster_quant.runner import PredictOptions, _parts_dir, predict_raster
 from georaster_quant.synth import SceneSpec, generate_scene
 
 pytest_plugins = ["conftest_synth"]
-
-
-def run(capsys, *args):
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
+run = run_cli
 
 
 @pytest.fixture(scope="module")
@@ -232,16 +225,6 @@ def test_batch_name_collision_is_refused_before_any_work(
     )
     assert code == 2 and "scene_classes.tif" in err
     assert not list(out.glob("*.tif")) if out.exists() else True
-
-
-@pytest.fixture(scope="module")
-def int8_bundle(trained_bundle, small_scene, tmp_path_factory) -> Path:
-    from georaster_quant.quantized_bundle import QuantizeOptions, quantize_bundle
-
-    opts = QuantizeOptions(
-        "per_channel_int8", data=[str(small_scene[0])], batch_size=16, num_calib_batches=2
-    )
-    return Path(quantize_bundle(trained_bundle, opts, tmp_path_factory.mktemp("q"))["bundle"])
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])

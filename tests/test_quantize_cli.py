@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from synth_helpers import assert_one_line_error
 
 from georaster_quant import quantize as q
 from georaster_quant.bundle import Bundle, build_fp32_model, read_meta, save_bundle
@@ -58,18 +59,6 @@ def run_quiet(*args: object) -> tuple[int, str, str]:
         except SystemExit as exc:
             code = exc.code
     return (0 if code is None else int(code)), out.getvalue(), err.getvalue()
-
-
-def assert_one_line_error(code: int, out: str, err: str, *needles: object) -> str:
-    """Exit 2, exactly one stderr line 'Error: ...' containing ``needles``, no traceback."""
-    assert code == 2, (code, out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("Error:"), err
-    for needle in needles:
-        assert str(needle) in lines[0], (needle, lines[0])
-    assert "Traceback" not in out + err
-    return lines[0]
 
 
 def assert_nothing_left(folder: Path) -> None:
