@@ -115,14 +115,31 @@ def _reader_thread(
     opts: PredictOptions,
     rows: Sequence[int],
     out: queue.Queue,
+    stop: threading.Event,
 ) -> None:
-    """Stream batches of the given output rows into ``out``; an exception is passed on."""
+    """Stream batches of the given output rows into ``out``; an exception is passed on.
+
+    Stops early when ``stop`` is set (the consumer failed and drains the queue).
+    """
     try:
         for batch in iter_batches(reader, grid, fill, opts.batch_size, rows=rows):
+            if stop.is_set():
+                return
             out.put(batch)
         out.put(None)
     except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises
         out.put(exc)
+
+
+def _stop_reader(thread: threading.Thread, q: queue.Queue, stop: threading.Event) -> None:
+    """Make the reader thread finish: tell it to stop and empty the queue it may block on."""
+    stop.set()
+    while thread.is_alive():
+        try:
+            q.get(timeout=0.05)
+        except queue.Empty:
+            pass
+    thread.join()
 
 
 def predict_raster(
@@ -156,8 +173,9 @@ def predict_raster(
         rows = [r for p in todo for r in range(p * PART_ROWS, min((p + 1) * PART_ROWS, n_rows))]
         fill = np.asarray(meta.input.fill_values, dtype=np.float32)
         q: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
+        stop = threading.Event()
         thread = threading.Thread(
-            target=_reader_thread, args=(reader, grid, fill, opts, rows, q), daemon=True
+            target=_reader_thread, args=(reader, grid, fill, opts, rows, q, stop), daemon=True
         )
         thread.start()
         inferred = 0
@@ -180,7 +198,7 @@ def predict_raster(
                 )
         finally:
             bar.close()
-            thread.join(timeout=5)
+            _stop_reader(thread, q, stop)
         transform = grid.output_transform(info.transform)
         crs = info.crs
         pixel_area = abs(info.transform.a * info.transform.e)
