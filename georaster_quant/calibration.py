@@ -148,11 +148,11 @@ def scan_candidates(
             if len(grid) > max_candidates:
                 keep[:] = False
                 keep.flat[rng.choice(len(grid), max_candidates, replace=False)] = True
-            for row, data, valid in iter_row_strips(reader, grid):
+            for row, raw, valid in iter_row_strips(reader, grid):
                 cols = np.flatnonzero(keep[row])
                 if cols.size == 0:
                     continue
-                tiles = tiles_from_strip(data, grid)[cols]
+                tiles = reader.to_physical(tiles_from_strip(raw, grid)[cols])
                 vt = tiles_from_strip(valid, grid)[cols]
                 d, names = tile_descriptors(tiles, vt, meta)
                 parts.append((d, np.full(cols.size, k), np.full(cols.size, row), cols))

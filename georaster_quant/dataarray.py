@@ -14,7 +14,7 @@ import numpy as np
 from affine import Affine
 
 from georaster_quant.errors import BandMismatchError, RasterInputError
-from georaster_quant.io import RasterInfo, decode
+from georaster_quant.io import RasterInfo, to_physical, validity
 from georaster_quant.tiling import Window, mirror_take, source_window
 
 
@@ -95,14 +95,27 @@ class DataArrayReader:
     def close(self) -> None:
         """Nothing to close: the DataArray belongs to the caller."""
 
+    def read_raw(
+        self, inside: Window, out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Raw values and validity of a window inside the array (computes only that window)."""
+        rows, cols = inside.toslices()
+        raw = np.asarray(self._da.isel(band=self._index, y=rows, x=cols).values)
+        if out is not None:
+            out[...] = raw
+            raw = out
+        return raw, validity(raw, self.info.nodata)
+
+    def to_physical(self, raw: np.ndarray) -> np.ndarray:
+        """Raw values to float32 physical values (``scale_factor``/``add_offset`` applied)."""
+        return to_physical(raw, self._scale)
+
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Compute ``window`` as ``(data, valid)``; parts outside the array are mirrored."""
         info = self.info
         src = source_window(window, info.height, info.width)
-        rows, cols = src.toslices()
-        raw = np.asarray(self._da.isel(band=self._index, y=rows, x=cols).values)
-        data, valid = decode(raw, info.nodata, self._scale)
+        raw, valid = self.read_raw(src)
         return (
-            mirror_take(data, src, window, info.height, info.width),
+            mirror_take(self.to_physical(raw), src, window, info.height, info.width),
             mirror_take(valid, src, window, info.height, info.width),
         )

@@ -29,7 +29,7 @@ from georaster_quant.tiling import Window, mirror_take, source_window
 
 #: GDAL block cache for our readers, in MB. GDAL's default (5 % of RAM) is far larger than
 #: anything we need because every reader here reads each block once, in order.
-GDAL_CACHEMAX_MB = 256
+GDAL_CACHEMAX_MB = 32
 #: Retries for rasters read over HTTP(S) or from object storage, unless the user set them.
 HTTP_RETRY_DEFAULTS = {"GDAL_HTTP_MAX_RETRY": "3", "GDAL_HTTP_RETRY_DELAY": "1"}
 
@@ -81,28 +81,31 @@ def _open(path: str | os.PathLike[str]) -> rasterio.DatasetReader:
         raise RasterInputError(f"{name}: not a readable raster ({first})") from exc
 
 
-def decode(
-    raw: np.ndarray,
-    nodata: float | None,
-    scale_offset: tuple[np.ndarray, np.ndarray] | None = None,
-    mask: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Raw band values ``(bands, h, w)`` to float32 physical values and a validity mask.
+def validity(raw: np.ndarray, nodata: float | None, mask: np.ndarray | None = None) -> np.ndarray:
+    """Valid pixels of raw band values ``(bands, h, w)``: no band nodata or NaN, mask set.
 
-    A pixel is invalid where any band equals ``nodata`` or is NaN, or where ``mask`` (alpha
-    band or GDAL mask, True = valid) says so. ``scale_offset`` holds per-band GDAL scales and
-    offsets, applied after the nodata test on the raw values.
+    ``mask`` is an alpha band or GDAL mask (True = valid). Tested band by band, so the
+    temporaries are one band large.
     """
     valid = np.ones(raw.shape[1:], dtype=bool) if mask is None else mask.astype(bool)
-    if nodata is not None and not np.isnan(nodata):
-        valid &= ~np.any(raw == np.asarray(nodata).astype(raw.dtype), axis=0)
-    if raw.dtype.kind == "f":
-        valid &= ~np.any(np.isnan(raw), axis=0)
+    check_nodata = nodata is not None and not np.isnan(nodata)
+    for band in raw:
+        if check_nodata:
+            valid &= band != np.asarray(nodata).astype(raw.dtype)
+        if raw.dtype.kind == "f":
+            valid &= ~np.isnan(band)
+    return valid
+
+
+def to_physical(
+    raw: np.ndarray, scale_offset: tuple[np.ndarray, np.ndarray] | None = None
+) -> np.ndarray:
+    """Raw band values to float32 physical values (GDAL scale and offset per band)."""
     data = raw.astype(np.float32)
     if scale_offset is not None:
         scales, offsets = scale_offset
         data = (data * scales[:, None, None] + offsets[:, None, None]).astype(np.float32)
-    return data, valid
+    return data
 
 
 class RasterReader:
@@ -164,6 +167,30 @@ class RasterReader:
         """Close the dataset."""
         self._stack.close()
 
+    def read_raw(
+        self, inside: Window, out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Raw values (the file's dtype) and validity of a window inside the raster.
+
+        ``out``, if given, is filled with the values (no intermediate copy).
+        """
+        info = self.info
+        rio_window = RioWindow(inside.col_off, inside.row_off, inside.width, inside.height)
+        try:
+            raw = self._ds.read(list(info.bands), window=rio_window, out=out)
+            mask = None
+            if self._alpha is not None:
+                mask = self._ds.read(self._alpha, window=rio_window) > 0
+            elif self._per_dataset_mask:
+                mask = self._ds.read_masks(info.bands[0], window=rio_window) > 0
+        except RasterioError as exc:
+            raise RasterInputError(f"{info.path}: read failed at {inside} ({exc})") from exc
+        return raw, validity(raw, info.nodata, mask)
+
+    def to_physical(self, raw: np.ndarray) -> np.ndarray:
+        """Raw values to float32 physical values (scale/offset applied)."""
+        return to_physical(raw, self._scale)
+
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Read ``window`` as ``(data, valid)``; parts outside the raster are mirrored.
 
@@ -173,19 +200,9 @@ class RasterReader:
         """
         info = self.info
         inside = source_window(window, info.height, info.width)
-        rio_window = RioWindow(inside.col_off, inside.row_off, inside.width, inside.height)
-        try:
-            raw = self._ds.read(list(info.bands), window=rio_window)
-            mask = None
-            if self._alpha is not None:
-                mask = self._ds.read(self._alpha, window=rio_window) > 0
-            elif self._per_dataset_mask:
-                mask = self._ds.read_masks(info.bands[0], window=rio_window) > 0
-        except RasterioError as exc:
-            raise RasterInputError(f"{info.path}: read failed at {window} ({exc})") from exc
-        data, valid = decode(raw, info.nodata, self._scale, mask)
+        raw, valid = self.read_raw(inside)
         return (
-            mirror_take(data, inside, window, info.height, info.width),
+            mirror_take(self.to_physical(raw), inside, window, info.height, info.width),
             mirror_take(valid, inside, window, info.height, info.width),
         )
 

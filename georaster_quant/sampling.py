@@ -107,11 +107,13 @@ def sample_tiles(
     parts: list[tuple[np.ndarray, ...]] = []
     dtype = np.dtype(image.info.dtype)
     store = dtype if dtype.kind in "iu" and not image.info.scaled else np.dtype(np.float32)
-    for (row, data, valid), (_, lab, lab_valid) in zip(
+    for (row, raw, valid), (_, lab, lab_valid) in zip(
         iter_row_strips(image, grid), iter_row_strips(labels, grid), strict=True
     ):
         check_label_values(lab[0], lab_valid, num_classes, labels.info.path)
-        tiles = tiles_from_strip(data, grid)
+        tiles = tiles_from_strip(raw, grid)
+        if image.info.scaled:
+            tiles = image.to_physical(tiles)
         vt = tiles_from_strip(valid, grid)
         lt = tiles_from_strip(lab[0], grid)[:, foot, foot]
         lv = tiles_from_strip(lab_valid, grid)[:, foot, foot]

@@ -16,40 +16,70 @@ from georaster_quant.io import RasterReader
 from georaster_quant.tiling import TileGrid, Window, mirror_take, source_window, tiles_from_strip
 
 
+class RowBuffer:
+    """Full-width raster rows kept raw (the file's dtype) in one preallocated array.
+
+    Rows are read in chunks that end on block-row boundaries, straight into the buffer, and
+    dropped once no later strip needs them; memory is ``capacity x width x bands`` raw values
+    whatever the raster's height.
+    """
+
+    def __init__(self, reader: RasterReader, capacity: int):
+        info = reader.info
+        self.reader = reader
+        self.block_rows = max(1, info.block_shape[0])
+        capacity = min(info.height, capacity + self.block_rows)
+        self.raw = np.empty((info.count, capacity, info.width), dtype=info.dtype)
+        self.valid = np.empty((capacity, info.width), dtype=bool)
+        self.start = 0
+        self.size = 0
+
+    def rows(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
+        """Raw values and validity of raster rows ``[r0, r1)`` (rows only move down)."""
+        end = self.start + self.size
+        if r0 >= end:
+            self.start, self.size = r0, 0
+        elif r0 > self.start:  # drop rows no later strip needs; keep the rest at the top
+            keep, off = end - r0, r0 - self.start
+            for band in self.raw:  # band by band: the overlapping move's temporary stays small
+                band[:keep] = band[off : self.size]
+            self.valid[:keep] = self.valid[off : self.size].copy()
+            self.start, self.size = r0, keep
+        end = self.start + self.size
+        if r1 > end:
+            height = self.reader.info.height
+            stop = min(
+                height, -(-r1 // self.block_rows) * self.block_rows, self.start + self.raw.shape[1]
+            )
+            n = stop - end
+            window = Window(end, 0, n, self.reader.info.width)
+            _, valid = self.reader.read_raw(window, out=self.raw[:, self.size : self.size + n])
+            self.valid[self.size : self.size + n] = valid
+            self.size += n
+        lo, hi = r0 - self.start, r1 - self.start
+        return self.raw[:, lo:hi], self.valid[lo:hi]
+
+
 def iter_row_strips(
     reader: RasterReader, grid: TileGrid, rows: Sequence[int] | None = None
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Yield ``(row, data, valid)`` for every output row: the mirrored strip of its tiles.
+    """Yield ``(row, raw, valid)`` for every output row: the mirrored strip of its tiles.
 
-    ``rows`` (increasing) restricts the output rows, e.g. to those a resumed run still needs.
+    ``raw`` keeps the file's dtype (``reader.to_physical`` converts, tile by tile, what is
+    needed). ``rows`` (increasing) restricts the output rows, e.g. to those a resumed run
+    still needs. Each block of the raster is decoded once.
     """
     info = reader.info
     height, width = info.height, info.width
-    block_rows = max(1, info.block_shape[0])
-    buf_start = 0
-    data = np.empty((info.count, 0, width), dtype=np.float32)
-    valid = np.empty((0, width), dtype=bool)
+    buffer = RowBuffer(reader, grid.tile_size)
     for row in range(grid.shape[0]) if rows is None else rows:
         window = grid.row_window(row)
         source = source_window(window, height, width)  # full width; rows incl. mirrored ones
-        r0, r1 = source.row_off, source.row_end
-        buf_end = buf_start + valid.shape[0]
-        if r0 >= buf_end:  # nothing buffered is needed any more
-            data, valid, buf_start = data[:, :0], valid[:0], r0
-        elif r0 > buf_start:  # drop rows no later tile needs (sources only move down)
-            data, valid = data[:, r0 - buf_start :], valid[r0 - buf_start :]
-            buf_start = r0
-        buf_end = buf_start + valid.shape[0]
-        if r1 > buf_end:  # read on to the end of the block row so no block is decoded twice
-            stop = min(height, -(-r1 // block_rows) * block_rows)
-            new_data, new_valid = reader.read(Window(buf_end, 0, stop - buf_end, width))
-            data = np.concatenate([data, new_data], axis=1)
-            valid = np.concatenate([valid, new_valid], axis=0)
-        lo, hi = r0 - buf_start, r1 - buf_start
+        raw, valid = buffer.rows(source.row_off, source.row_end)
         yield (
             row,
-            mirror_take(data[:, lo:hi], source, window, height, width),
-            mirror_take(valid[lo:hi], source, window, height, width),
+            mirror_take(raw, source, window, height, width),
+            mirror_take(valid, source, window, height, width),
         )
 
 
@@ -88,11 +118,11 @@ def iter_batches(
     fill = np.asarray(fill_values, dtype=np.float32)[:, None, None]
     pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     count = 0
-    for row, data, valid in iter_row_strips(reader, grid, rows):
-        tiles = tiles_from_strip(data, grid)
+    for row, raw, valid in iter_row_strips(reader, grid, rows):
         vtiles = tiles_from_strip(valid, grid)
-        filled = np.where(vtiles[:, None], tiles, fill)
-        cols = np.arange(tiles.shape[0])
+        filled = reader.to_physical(tiles_from_strip(raw, grid))  # the one float32 copy
+        np.copyto(filled, np.broadcast_to(fill, filled.shape), where=~vtiles[:, None])
+        cols = np.arange(filled.shape[0])
         pending.append(
             (np.full_like(cols, row), cols, filled, cell_valid_fraction(vtiles, grid, row))
         )

@@ -132,7 +132,8 @@ def test_row_strips_equal_reads_of_the_row_window(raster, stride: int) -> None:
     grid = TileGrid(HEIGHT, WIDTH, tile_size=TILE, stride=stride)
     rows = []
     with RasterReader(path) as reader:
-        for row, data, valid in iter_row_strips(reader, grid):
+        for row, raw, valid in iter_row_strips(reader, grid):
+            data = reader.to_physical(raw)
             window = grid.row_window(row)
             assert data.shape == (3, window.height, window.width)
             assert valid.shape == (window.height, window.width)
@@ -150,13 +151,13 @@ def test_every_raster_row_is_read_exactly_once(raster, stride: int) -> None:
     with RasterReader(path) as reader:
         block_rows = reader.info.block_shape[0]
         windows: list[Window] = []
-        inner = reader.read
+        inner = reader.read_raw
 
-        def recording_read(window: Window):
+        def recording_read(window: Window, out=None):
             windows.append(window)
-            return inner(window)
+            return inner(window, out=out)
 
-        reader.read = recording_read  # type: ignore[method-assign]
+        reader.read_raw = recording_read  # type: ignore[method-assign]
         for _ in iter_row_strips(reader, grid):
             pass
     reads_per_row = np.zeros(HEIGHT, dtype=np.int32)
