@@ -25,19 +25,25 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window as RioWindow
 
 from georaster_quant.errors import BandMismatchError, OutputPathError, RasterInputError
+from georaster_quant.threads import available_cores
 from georaster_quant.tiling import Window, mirror_take, source_window
 
 #: GDAL block cache for our readers, in MB. GDAL's default (5 % of RAM) is far larger than
-#: anything we need because every reader here reads each block once, in order.
+#: anything we need: the streaming readers decode each block once, in order (measured: 256 MB
+#: instead of 32 MB raised the peak RSS of a 16384² run by about 20 MB for nothing).
 GDAL_CACHEMAX_MB = 32
 #: Retries for rasters read over HTTP(S) or from object storage, unless the user set them.
 HTTP_RETRY_DEFAULTS = {"GDAL_HTTP_MAX_RETRY": "3", "GDAL_HTTP_RETRY_DELAY": "1"}
 
 
 def gdal_env() -> dict[str, Any]:
-    """GDAL options for our readers: a deliberate block cache, HTTP retries by default."""
+    """GDAL options for our readers: a deliberate block cache, HTTP retries by default, and
+    block decoding on the cores this process may use (a full block row is read at once, so
+    its blocks decompress in parallel), unless the user set them.
+    """
     options: dict[str, Any] = {"GDAL_CACHEMAX": GDAL_CACHEMAX_MB}
-    options.update({k: v for k, v in HTTP_RETRY_DEFAULTS.items() if k not in os.environ})
+    defaults = {**HTTP_RETRY_DEFAULTS, "GDAL_NUM_THREADS": str(available_cores())}
+    options.update({k: v for k, v in defaults.items() if k not in os.environ})
     return options
 
 
