@@ -37,9 +37,10 @@ HTTP_RETRY_DEFAULTS = {"GDAL_HTTP_MAX_RETRY": "3", "GDAL_HTTP_RETRY_DELAY": "1"}
 
 
 def gdal_env() -> dict[str, Any]:
-    """GDAL options for our readers: a deliberate block cache, HTTP retries by default, and
-    block decoding on the cores this process may use (a full block row is read at once, so
-    its blocks decompress in parallel), unless the user set them.
+    """GDAL options for our readers, unless the user set them.
+
+    A deliberate block cache, HTTP retries by default, and block decoding on the cores this
+    process may use (a full block row is read at once, so its blocks decompress in parallel).
     """
     options: dict[str, Any] = {"GDAL_CACHEMAX": GDAL_CACHEMAX_MB}
     defaults = {**HTTP_RETRY_DEFAULTS, "GDAL_NUM_THREADS": str(available_cores())}
