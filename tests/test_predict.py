@@ -278,3 +278,54 @@ def test_band_count_mismatch_is_refused_before_reading(
     )
     assert code == 2 and "rgb_byte.tif" in err and "--bands" in err
     assert not out.exists() and not _parts_dir(out).exists()
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_gives_the_same_map(trained_bundle, tmp_path):
+    """A real SIGKILL in the middle of a run, then --resume: identical to an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    scene, _ = generate_scene(tmp_path / "s", SceneSpec(640, 384, 4, 77), progress=False)
+    args = [
+        "--weights",
+        str(trained_bundle),
+        "--image",
+        str(scene),
+        "--stride",
+        "2",
+        "--batch-size",
+        "64",
+        "-q",
+    ]
+    cmd = [sys.executable, "-c", "from georaster_quant.cli.main import main; main()", "predict"]
+    out = tmp_path / "map.tif"
+    proc = subprocess.Popen([*cmd, *args, "--output", str(out)], stderr=subprocess.PIPE)
+    parts = _parts_dir(out)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(parts.glob("part_*.npz")):
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before it could be killed: {proc.stderr.read()[-500:]}")
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists(), "a killed run must not leave a map at the output path"
+    done_before = len(list(parts.glob("part_*.npz")))
+    assert done_before >= 1
+    res = subprocess.run(
+        [*cmd, *args, "--output", str(out), "--resume"], capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr[-1000:]
+    whole = tmp_path / "whole.tif"
+    res = subprocess.run([*cmd, *args, "--output", str(whole)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-1000:]
+    a, _ = read(out)
+    b, _ = read(whole)
+    assert np.array_equal(a, b)
+    summary = json.loads(out.with_name("map.tif.json").read_text())
+    rows, cols = summary["grid"]
+    assert summary["tiles_inferred"] <= summary["tiles_total"] - done_before * 64 * cols + 64
+    assert summary["resumed"] is True
