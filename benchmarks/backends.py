@@ -64,8 +64,15 @@ def ort_qdq(fp32_onnx: Path, out: Path, tiles: np.ndarray) -> Path:
 
     pre = out.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32_onnx), str(pre))
-    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    quantize_static(
+        str(pre),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+    )
     # Keep our metadata on the re-quantized graph so the ONNX Runtime backend can load it.
     src, dst = onnx.load(str(fp32_onnx)), onnx.load(str(out))
     for p in src.metadata_props:
@@ -89,20 +96,24 @@ def main() -> None:
     edir.mkdir(parents=True, exist_ok=True)
     files = {}
     for name, bundle in (("fp32", fp32_dir), ("int8", int8_dir)):
-        files[f"{name}/torchscript"] = Path(export_bundle(bundle, "torchscript",
-                                                          edir / f"{name}.pt")["path"])
-        files[f"{name}/onnxruntime"] = Path(export_bundle(bundle, "onnx",
-                                                          edir / f"{name}.onnx")["path"])
+        files[f"{name}/torchscript"] = Path(
+            export_bundle(bundle, "torchscript", edir / f"{name}.pt")["path"]
+        )
+        files[f"{name}/onnxruntime"] = Path(
+            export_bundle(bundle, "onnx", edir / f"{name}.onnx")["path"]
+        )
     scene = out / "data" / "test_1536" / "scene.tif"
     tiles = choose_calibration_tiles([scene], read_meta(fp32_dir), 128).tiles
-    files["int8/onnxruntime-qdq"] = ort_qdq(files["fp32/onnxruntime"], edir / "int8_qdq.onnx",
-                                            tiles)
+    files["int8/onnxruntime-qdq"] = ort_qdq(
+        files["fp32/onnxruntime"], edir / "int8_qdq.onnx", tiles
+    )
 
     # Agreement of every path with the eager torch model of the same precision.
-    ref = {n: open_backend(b)(tiles).argmax(1) for n, b in (("fp32", fp32_dir),
-                                                           ("int8", int8_dir))}
-    agreement = {k: float((open_backend(p)(tiles).argmax(1) == ref[k.split("/")[0]]).mean())
-                 for k, p in files.items()}
+    ref = {n: open_backend(b)(tiles).argmax(1) for n, b in (("fp32", fp32_dir), ("int8", int8_dir))}
+    agreement = {
+        k: float((open_backend(p)(tiles).argmax(1) == ref[k.split("/")[0]]).mean())
+        for k, p in files.items()
+    }
 
     results: dict[str, dict[str, float]] = {}
     for threads in (1, 2):
@@ -116,9 +127,11 @@ def main() -> None:
             x = np.ascontiguousarray(np.resize(tiles, (bs, *tiles.shape[1:])))
             ms = timings(runners, x, args.repeats)
             results[f"b{bs}_t{threads}"] = {k: bs / (v / 1000) for k, v in ms.items()}
-            print(f"batch {bs} threads {threads}:",
-                  json.dumps({k: round(v) for k, v in results[f"b{bs}_t{threads}"].items()}),
-                  flush=True)
+            print(
+                f"batch {bs} threads {threads}:",
+                json.dumps({k: round(v) for k, v in results[f"b{bs}_t{threads}"].items()}),
+                flush=True,
+            )
 
     np.save(edir / "x.npy", tiles[:32])
     startup = {}
@@ -126,15 +139,23 @@ def main() -> None:
         backend = k.split("/")[1].replace("-qdq", "")
         runs = []
         for _ in range(3):
-            res = subprocess.run([sys.executable, "-c", STARTUP, str(path), backend,
-                                  str(edir / "x.npy")], capture_output=True, text=True, check=True)
+            res = subprocess.run(
+                [sys.executable, "-c", STARTUP, str(path), backend, str(edir / "x.npy")],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             seconds, has_torch = res.stdout.split()
             runs.append(float(seconds))
         startup[k] = {"seconds": float(np.median(runs)), "imports_torch": has_torch == "True"}
 
     cpu = torch.backends.cpu.get_cpu_capability()
-    report = {"cpu_capability": cpu, "tiles_per_s": results, "startup": startup,
-              "agreement_with_eager": agreement}
+    report = {
+        "cpu_capability": cpu,
+        "tiles_per_s": results,
+        "startup": startup,
+        "agreement_with_eager": agreement,
+    }
     (out / "backends.json").write_text(json.dumps(report, indent=2))
     print(f"\nCPU capability: {cpu}; tiles per second (4x64x64), higher is better\n")
     keys = list(next(iter(results.values())))
@@ -142,8 +163,11 @@ def main() -> None:
     print("|---|---|" + "---|" * len(results) + "---|---|")
     for k in keys:
         agree = "ref" if k.endswith("/torch") else f"{agreement[k]:.2%}"
-        print(f"| {k} | {agree} | " + " | ".join(f"{results[c][k]:.0f}" for c in results)
-              + f" | {startup[k]['seconds']:.2f} | {startup[k]['imports_torch']} |")
+        print(
+            f"| {k} | {agree} | "
+            + " | ".join(f"{results[c][k]:.0f}" for c in results)
+            + f" | {startup[k]['seconds']:.2f} | {startup[k]['imports_torch']} |"
+        )
     for prec in ("fp32", "int8"):
         best = max((k for k in keys if k.startswith(prec)), key=lambda k: results["b32_t2"][k])
         print(f"fastest {prec} at batch 32, 2 threads: {best}")

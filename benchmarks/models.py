@@ -152,5 +152,6 @@ def main() -> None:
             f"{fastest / r['int8_us_per_tile_2t']:.2f}x |"
         )
 
+
 if __name__ == "__main__":
     main()
