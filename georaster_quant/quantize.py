@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from georaster_quant.bundle import ENGINES, OBSERVERS
+from georaster_quant.bundle import QUANT_TYPES as BUNDLE_TYPES
 from georaster_quant.errors import ConfigError, GeoRasterQuantWarning
 from georaster_quant.model import GeoRasterCNN
 
-QUANT_TYPES = ("fp16", "dynamic_int8", "static_int8", "per_channel_int8", "qat_int8")
+QUANT_TYPES = tuple(t for t in BUNDLE_TYPES if t != "fp32")
 STATIC_TYPES = ("static_int8", "per_channel_int8", "qat_int8")
-ENGINES = ("fbgemm", "x86", "qnnpack")
-OBSERVERS = ("minmax", "moving_average", "histogram")
 #: Chosen by the measured observer table in docs/quantization.md.
 DEFAULT_OBSERVER = "histogram"
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import click
 
+from georaster_quant.bundle import ENGINES, OBSERVERS, QUANT_TYPES
 from georaster_quant.cli.options import bands_option, config_option, overwrite_option
 
-QUANT_TYPES = ("fp16", "dynamic_int8", "static_int8", "per_channel_int8", "qat_int8")
-OBSERVERS = ("minmax", "moving_average", "histogram")
+#: What an FP32 bundle can be quantized to.
+TARGET_TYPES = tuple(t for t in QUANT_TYPES if t != "fp32")
 
 
 @click.command("quantize")
 @click.option("--weights", required=True, type=click.Path(), help="FP32 bundle to quantize.")
-@click.option("--quant-type", required=True, type=click.Choice(QUANT_TYPES))
+@click.option("--quant-type", required=True, type=click.Choice(TARGET_TYPES))
 @click.option(
     "--data",
     multiple=True,
@@ -36,7 +37,7 @@ OBSERVERS = ("minmax", "moving_average", "histogram")
 )
 @click.option(
     "--engine",
-    type=click.Choice(["fbgemm", "x86", "qnnpack"]),
+    type=click.Choice(ENGINES),
     default="fbgemm",
     show_default=True,
     help="Quantized kernel backend.",
