@@ -104,6 +104,20 @@ def main() -> None:
         sys.exit("run benchmarks/quantization.py first (it makes the INT8 bundle)")
     py = sys.executable
     cli = str(Path(py).with_name("georaster-quant"))
+    # The same bundle with its ONNX export inside: `--backend auto` then runs ONNX Runtime.
+    # Exported in a child process: this process stays small, because a forked child's peak
+    # RSS (from wait4) starts at its parent's size.
+    with_onnx = out / "quant" / "patch4_per_channel_int8_with_onnx"
+    if not (with_onnx / "model.onnx").exists():
+        import shutil
+
+        shutil.rmtree(with_onnx, ignore_errors=True)
+        shutil.copytree(weights, with_onnx)
+        subprocess.run(
+            [cli, "export", "--weights", str(with_onnx), "--format", "onnx"],
+            check=True,
+            capture_output=True,
+        )
     rows = []
     for size in map(int, args.sizes.split(",")):
         scene = out / "data" / f"synth_{size}" / "scene.tif"
@@ -118,19 +132,21 @@ def main() -> None:
         r["inprocess_s"], _, r["inprocess_rss_mb"] = measure(
             [py, "-c", INPROCESS, str(weights), str(scene), f"/tmp/gq_bench_{size}.tif"]
         )
+        command = [cli, "predict", "--image", str(scene), "--overwrite", "-q"]
         _, r["command_s"], r["command_rss_mb"] = measure(
             [
-                cli,
-                "predict",
+                *command,
                 "--weights",
                 str(weights),
-                "--image",
-                str(scene),
+                "--backend",
+                "torch",
                 "--output",
                 f"/tmp/gq_bench_cmd_{size}.tif",
-                "--overwrite",
-                "-q",
             ],
+            prints_seconds=False,
+        )
+        _, r["command_ort_s"], r["command_ort_rss_mb"] = measure(
+            [*command, "--weights", str(with_onnx), "--output", f"/tmp/gq_bench_ort_{size}.tif"],
             prints_seconds=False,
         )
         if size <= args.naive_max:
@@ -138,21 +154,25 @@ def main() -> None:
                 [py, "-c", NAIVE, str(weights), str(scene), f"/tmp/gq_naive_{size}.tif"]
             )
         r["command_vs_read"] = r["command_s"] / r["read_s"]
+        r["command_ort_vs_read"] = r["command_ort_s"] / r["read_s"]
         r["inprocess_vs_floors"] = r["inprocess_s"] / (r["read_s"] + r["model_s"])
         rows.append(r)
         print(json.dumps(r), flush=True)
     (out / "runner.json").write_text(json.dumps(rows, indent=2))
     print(
-        "\n| size | read (1 thread) s | model alone s | predict in-process s | predict command s "
-        "| naive s | command / read | in-process / (read + model) | peak RSS command MB |"
+        "\n| size | read (1 thread) s | model alone s | predict in-process s | command, torch s "
+        "| command, auto (ONNX Runtime) s | naive s | torch cmd / read | ORT cmd / read | "
+        "in-process / (read + model) | peak RSS torch cmd MB | peak RSS ORT cmd MB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         naive = f"{r['naive_s']:.1f}" if "naive_s" in r else "—"
         print(
             f"| {r['size']}² | {r['read_s']:.2f} | {r['model_s']:.2f} | {r['inprocess_s']:.2f} | "
-            f"{r['command_s']:.2f} | {naive} | {r['command_vs_read']:.2f}x | "
-            f"{r['inprocess_vs_floors']:.2f} | {r['command_rss_mb']:.0f} |"
+            f"{r['command_s']:.2f} | {r['command_ort_s']:.2f} | {naive} | "
+            f"{r['command_vs_read']:.2f}x | {r['command_ort_vs_read']:.2f}x | "
+            f"{r['inprocess_vs_floors']:.2f} | {r['command_rss_mb']:.0f} | "
+            f"{r['command_ort_rss_mb']:.0f} |"
         )
 
 
