@@ -29,7 +29,7 @@ import numpy as np
 from georaster_quant import __version__
 from georaster_quant.backend import Backend
 from georaster_quant.contract import open_input
-from georaster_quant.errors import ConfigError, OutputPathError
+from georaster_quant.errors import ConfigError, GeoRasterQuantError, OutputPathError
 from georaster_quant.io import atomic_path, check_output_path, write_raster
 from georaster_quant.predict import MIN_VALID_FRACTION, NODATA_CLASS
 from georaster_quant.stream import TileBatch, iter_batches
@@ -196,6 +196,12 @@ def predict_raster(
                 bar.set_postfix(
                     mpx_s=f"{_mpx(bar.n, grid) / max(bar.format_dict['elapsed'], 1e-9):.1f}"
                 )
+        except GeoRasterQuantError:
+            # Bad input (e.g. a read error that persists): resuming cannot help, so no journal
+            # is kept. Any other interruption keeps it for --resume.
+            _stop_reader(thread, q, stop)
+            shutil.rmtree(journal.folder, ignore_errors=True)
+            raise
         finally:
             bar.close()
             _stop_reader(thread, q, stop)

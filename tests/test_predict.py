@@ -329,3 +329,72 @@ def test_resume_after_kill_9_gives_the_same_map(trained_bundle, tmp_path):
     rows, cols = summary["grid"]
     assert summary["tiles_inferred"] <= summary["tiles_total"] - done_before * 64 * cols + 64
     assert summary["resumed"] is True
+
+
+def test_output_equal_to_the_input_is_refused(capsys, trained_bundle, tmp_path, small_scene):
+    copy = tmp_path / "scene.tif"
+    copy.write_bytes(Path(small_scene[0]).read_bytes())
+    before = copy.read_bytes()
+    code, _, err = run(
+        capsys,
+        "predict",
+        "--weights",
+        trained_bundle,
+        "--image",
+        copy,
+        "--output",
+        copy,
+        "--overwrite",
+    )
+    assert code == 2 and "input raster itself" in err
+    assert copy.read_bytes() == before
+
+
+@pytest.mark.parametrize("kind", ["directory", "empty", "truncated"])
+def test_unreadable_inputs_are_bad_input(capsys, trained_bundle, small_scene, tmp_path, kind):
+    bad = tmp_path / "bad.tif"
+    if kind == "directory":
+        bad.mkdir()
+    elif kind == "empty":
+        bad.write_bytes(b"")
+    else:
+        bad.write_bytes(Path(small_scene[0]).read_bytes()[:5000])
+    out = tmp_path / "map.tif"
+    code, _, err = run(
+        capsys, "predict", "--weights", trained_bundle, "--image", bad, "--output", out, "-q"
+    )
+    assert code == 2 and "bad.tif" in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists() and not _parts_dir(out).exists()
+
+
+def test_all_nodata_and_tiny_rasters_work(capsys, trained_bundle, shared_data, make_tif, tmp_path):
+    out = tmp_path / "nodata_map.tif"
+    code, _, err = run(
+        capsys,
+        "predict",
+        "--weights",
+        trained_bundle,
+        "--image",
+        shared_data / "all_nodata.tif",
+        "--output",
+        out,
+        "-q",
+    )
+    assert code == 0, err
+    bands, _ = read(out)
+    assert (bands == 255).all()
+    summary = json.loads(out.with_name("nodata_map.tif.json").read_text())
+    assert all(v["m2"] == 0 for v in summary["area_per_class"].values())
+    for shape in [(1, 1), (1, 37), (20, 30)]:
+        tiny = make_tif(
+            f"tiny_{shape[0]}x{shape[1]}.tif",
+            np.full((4, *shape), 1200, dtype="uint16"),
+            descriptions=["blue", "green", "red", "nir"],
+        )
+        out = tmp_path / f"tiny_{shape[0]}x{shape[1]}_map.tif"
+        code, _, err = run(
+            capsys, "predict", "--weights", trained_bundle, "--image", tiny, "--output", out, "-q"
+        )
+        assert code == 0, err
+        bands, _ = read(out)
+        assert bands.shape[1:] == (1, 1) and bands[0, 0, 0] < 6

@@ -143,7 +143,11 @@ def command(
 
             raise OutputPathError(f"{folder}: folder {folder.parent} does not exist")
         folder.mkdir(exist_ok=True)
-    for out in outputs:  # every output is checked before any work starts
+    for src, out in zip(inputs, outputs, strict=True):  # checked before any work starts
+        if "://" not in src and Path(src).resolve() == out.resolve():
+            from georaster_quant.errors import OutputPathError
+
+            raise OutputPathError(f"{out}: is the input raster itself; choose another output")
         check_output_path(out, overwrite=overwrite or resume)
     model = open_backend(weights, backend, threads=workers)
     opts = PredictOptions(
