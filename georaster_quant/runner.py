@@ -58,6 +58,11 @@ def _parts_dir(output: Path) -> Path:
     return output.parent / f".{output.name}.parts"
 
 
+def journal_exists(output: str | os.PathLike[str]) -> bool:
+    """Whether an interrupted run left a journal for ``output`` to resume from."""
+    return _parts_dir(Path(output)).is_dir()
+
+
 def _signature(backend: Backend, image: str, grid: TileGrid, opts: PredictOptions) -> str:
     """What a resumed run must share with the run that wrote the journal."""
     st = os.stat(image) if os.path.exists(image) else None
@@ -157,7 +162,7 @@ def predict_raster(
     if opts.resume and opts.overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
     check_output_path(out, overwrite=opts.overwrite or opts.resume)
-    if out.exists() and opts.resume and not _parts_dir(out).exists():
+    if out.exists() and opts.resume and not journal_exists(out):
         raise OutputPathError(f"{out}: already complete; nothing to resume (use --overwrite)")
     meta = backend.meta
     k = len(meta.classes)

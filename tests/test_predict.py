@@ -398,3 +398,28 @@ def test_all_nodata_and_tiny_rasters_work(capsys, trained_bundle, shared_data, m
         assert code == 0, err
         bands, _ = read(out)
         assert bands.shape[1:] == (1, 1) and bands[0, 0, 0] < 6
+
+
+def test_batch_resume_skips_finished_maps(capsys, trained_bundle, small_scene, tmp_path):
+    other = tmp_path / "other.tif"
+    other.write_bytes(Path(small_scene[0]).read_bytes())
+    out = tmp_path / "maps"
+    args = [
+        "predict",
+        "--weights",
+        trained_bundle,
+        "--image",
+        small_scene[0],
+        "--image",
+        other,
+        "--output",
+        out,
+        "-q",
+    ]
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    before = (out / "other_classes.tif").stat().st_mtime_ns
+    code, stdout, err = run(capsys, *args, "--resume")
+    assert code == 0, err
+    assert stdout.count("already complete, skipped") == 2
+    assert (out / "other_classes.tif").stat().st_mtime_ns == before

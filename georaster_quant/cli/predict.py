@@ -130,23 +130,21 @@ def command(
           --output naip_classes.tif --stride 16 --probabilities
     """
     from georaster_quant.backend import open_backend
-    from georaster_quant.errors import GeoRasterQuantError
+    from georaster_quant.errors import GeoRasterQuantError, OutputPathError
     from georaster_quant.io import check_output_path
-    from georaster_quant.runner import PredictOptions, predict_raster
+    from georaster_quant.runner import PredictOptions, journal_exists, predict_raster
 
+    if resume and overwrite:
+        raise click.UsageError("--resume and --overwrite exclude each other")
     inputs = expand_inputs(images)
     outputs = output_paths(inputs, output)
     if len(outputs) > 1 or outputs[0].parent != Path(output).parent:
         folder = Path(output)
         if not folder.parent.is_dir():
-            from georaster_quant.errors import OutputPathError
-
             raise OutputPathError(f"{folder}: folder {folder.parent} does not exist")
         folder.mkdir(exist_ok=True)
     for src, out in zip(inputs, outputs, strict=True):  # checked before any work starts
         if "://" not in src and Path(src).resolve() == out.resolve():
-            from georaster_quant.errors import OutputPathError
-
             raise OutputPathError(f"{out}: is the input raster itself; choose another output")
         check_output_path(out, overwrite=overwrite or resume)
     model = open_backend(weights, backend, threads=workers)
@@ -163,6 +161,9 @@ def command(
     failed: list[tuple[str, str]] = []
     rows = []
     for src, out in zip(inputs, outputs, strict=True):
+        if resume and out.exists() and not journal_exists(out):
+            click.echo(f"{out}: already complete, skipped")
+            continue
         try:
             s = predict_raster(model, src, out, opts)
         except GeoRasterQuantError as exc:
