@@ -95,8 +95,7 @@ def main() -> None:
                 progress=False,
             )
         bundle = Bundle(bdir)
-        fill = np.asarray(bundle.meta.input.fill_values, np.float32)[None, :, None, None]
-        x = np.where(calib.valid[:, None], calib.data.astype(np.float32), fill)
+        x = calib.filled(np.asarray(bundle.meta.input.fill_values, np.float32))
         int8 = quantize(
             bundle.model,
             [x[i : i + 32] for i in range(0, len(x), 32)],

@@ -294,6 +294,17 @@ def check_output_path(
     return out
 
 
+def ensure_folder(path: str | os.PathLike[str]) -> Path:
+    """Create an output folder whose parent exists; refuse a file or a missing parent."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise OutputPathError(f"{folder}: is a file, not a folder")
+    if not folder.parent.is_dir():
+        raise OutputPathError(f"{folder}: folder {folder.parent} does not exist")
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only on success.

@@ -34,10 +34,9 @@ from georaster_quant.errors import (
     BundleError,
     CalibrationWarning,
     ConfigError,
-    OutputPathError,
     TrainingDataError,
 )
-from georaster_quant.io import RasterReader, check_output_path
+from georaster_quant.io import RasterReader, check_output_path, ensure_folder
 from georaster_quant.quantize import (
     DEFAULT_OBSERVER,
     STATIC_TYPES,
@@ -89,11 +88,6 @@ class Measured:
     accuracy: float
     agreement: float
     predictions: np.ndarray
-
-
-def _fill(tiles: TileSet, fill: np.ndarray) -> np.ndarray:
-    x = tiles.data.astype(np.float32)
-    return np.where(tiles.valid[:, None], x, fill[None, :, None, None])
 
 
 def _labelled_split(meta: BundleMeta, opts: QuantizeOptions) -> LabelledSplit | None:
@@ -233,12 +227,7 @@ def quantize_bundle(
         raise ConfigError("--max-accuracy-drop must be >= 0 percentage points")
     if opts.labels and not opts.data:
         raise ConfigError("--labels goes with --data (the raster the labels belong to)")
-    out_root = Path(output)
-    if out_root.exists() and not out_root.is_dir():
-        raise OutputPathError(f"{out_root}: is a file, not a folder")
-    if not out_root.parent.is_dir():
-        raise OutputPathError(f"{out_root}: folder {out_root.parent} does not exist")
-    out_root.mkdir(exist_ok=True)
+    out_root = ensure_folder(output)
     target = check_output_path(
         out_root / f"{meta.model_name}_{opts.quant_type}", overwrite=overwrite, folder=True
     )
@@ -263,7 +252,7 @@ def quantize_bundle(
             f"{weights}: qat_int8 fine-tunes on labelled tiles; pass --data and --labels"
         )
     reader = CalibrationDataReader(calib.tiles, opts.batch_size) if calib is not None else None
-    eval_x = _fill(split.held_out, fill) if split else (calib.tiles if calib else None)
+    eval_x = split.held_out.filled(fill) if split else (calib.tiles if calib else None)
     eval_y = split.held_out.labels if split else None
     if eval_x is None:
         raise ConfigError(f"{weights}: pass --data to measure {opts.quant_type} on real tiles")

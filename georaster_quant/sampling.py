@@ -29,6 +29,12 @@ class TileSet:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def filled(self, fill: np.ndarray, index: np.ndarray | None = None) -> np.ndarray:
+        """Float32 tiles (all, or those at ``index``) with nodata replaced by ``fill``."""
+        data = self.data if index is None else self.data[index]
+        valid = self.valid if index is None else self.valid[index]
+        return np.where(valid[:, None], data.astype(np.float32), fill[None, :, None, None])
+
     def subset(self, index: np.ndarray) -> TileSet:
         """Tiles at ``index``."""
         return TileSet(self.data[index], self.valid[index], self.labels[index], self.origins[index])

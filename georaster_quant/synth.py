@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from affine import Affine
 
-from georaster_quant.errors import ConfigError, OutputPathError
-from georaster_quant.io import check_output_path, write_raster
+from georaster_quant.errors import ConfigError
+from georaster_quant.io import check_output_path, ensure_folder, write_raster
 from georaster_quant.tiling import Window
 
 #: Land-cover classes: (name, RGB colour), in label order.
@@ -506,15 +506,10 @@ def generate_scene(
     Windows of ``chunk`` pixels are rendered by ``workers`` threads and written in order, so
     memory stays bounded by a few windows whatever the scene size.
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise OutputPathError(f"{out}: is a file, not a folder")
-    if not out.parent.is_dir():
-        raise OutputPathError(f"{out}: folder {out.parent} does not exist")
     if chunk < 16 or chunk % 16:
         raise ConfigError(f"chunk must be a positive multiple of 16, got {chunk}")
+    out = ensure_folder(out_dir)
     scene_path, labels_path = out / "scene.tif", out / "labels.tif"
-    out.mkdir(exist_ok=True)
     for p in (scene_path, labels_path):
         check_output_path(p, overwrite=overwrite)
     renderer = SceneRenderer(spec)

@@ -111,9 +111,7 @@ def _dihedral(x: Any, k: int) -> Any:
 def _batch(tiles: TileSet, idx: np.ndarray, fill: np.ndarray) -> Any:
     import torch
 
-    x = tiles.data[idx].astype(np.float32)
-    x = np.where(tiles.valid[idx][:, None], x, fill[None, :, None, None])
-    return torch.from_numpy(x)
+    return torch.from_numpy(tiles.filled(fill, idx))
 
 
 def run_epoch(

@@ -131,7 +131,7 @@ def command(
     """
     from georaster_quant.backend import open_backend
     from georaster_quant.errors import GeoRasterQuantError, OutputPathError
-    from georaster_quant.io import check_output_path
+    from georaster_quant.io import check_output_path, ensure_folder
     from georaster_quant.runner import PredictOptions, journal_exists, predict_raster
 
     if resume and overwrite:
@@ -139,10 +139,7 @@ def command(
     inputs = expand_inputs(images)
     outputs = output_paths(inputs, output)
     if len(outputs) > 1 or outputs[0].parent != Path(output).parent:
-        folder = Path(output)
-        if not folder.parent.is_dir():
-            raise OutputPathError(f"{folder}: folder {folder.parent} does not exist")
-        folder.mkdir(exist_ok=True)
+        ensure_folder(output)
     for src, out in zip(inputs, outputs, strict=True):  # checked before any work starts
         if "://" not in src and Path(src).resolve() == out.resolve():
             raise OutputPathError(f"{out}: is the input raster itself; choose another output")
