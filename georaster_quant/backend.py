@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -188,3 +189,40 @@ def open_backend(
     if kind == "torchscript":
         return TorchScriptBackend(path, threads)
     return TorchBackend(Bundle(path), threads=threads)
+
+
+def read_model_meta(weights: str | os.PathLike[str]) -> BundleMeta:
+    """The metadata of a bundle folder or an exported file, without loading the model.
+
+    What a dask client needs to plan a run whose workers load the model themselves.
+    """
+    path = Path(weights)
+    if path.is_dir() or not path.exists():
+        from georaster_quant.bundle import read_meta
+
+        return read_meta(path)
+    from georaster_quant.export import read_exported_meta
+
+    return read_exported_meta(path)
+
+
+_CACHE: dict[tuple[str, str, int | None], Backend] = {}
+_CACHE_LOCK = threading.Lock()
+#: How many models this process has loaded through :func:`cached_backend`.
+LOADS = 0
+
+
+def cached_backend(
+    weights: str | os.PathLike[str], backend: str = "auto", threads: int | None = None
+) -> Backend:
+    """:func:`open_backend`, loaded once per process and shared by its tasks.
+
+    Dask tasks call this, so each worker process loads the model once, not with every task.
+    """
+    global LOADS
+    key = (os.path.abspath(weights), backend, threads)
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = open_backend(weights, backend, threads)
+            LOADS += 1
+        return _CACHE[key]

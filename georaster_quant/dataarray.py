@@ -55,7 +55,7 @@ class DataArrayReader:
         nodata = da.rio.nodata if da.rio.nodata is not None else da.attrs.get("_FillValue")
         scale = np.asarray(da.attrs.get("scale_factor", 1.0), dtype=np.float64)
         offset = np.asarray(da.attrs.get("add_offset", 0.0), dtype=np.float64)
-        self._scale = (
+        self.scale_offset = (
             None
             if np.all(scale == 1) and np.all(offset == 0)
             else (np.broadcast_to(scale, len(bands)), np.broadcast_to(offset, len(bands)))
@@ -83,8 +83,13 @@ class DataArrayReader:
             block_shape=(int(block[0]), int(block[1])),
             has_alpha=False,
             has_mask=False,
-            scaled=self._scale is not None,
+            scaled=self.scale_offset is not None,
         )
+
+    @property
+    def data(self) -> Any:
+        """The selected bands as a ``(band, y, x)`` DataArray (lazy if the input is)."""
+        return self._da.isel(band=self._index)
 
     def __enter__(self) -> DataArrayReader:
         return self
@@ -108,7 +113,7 @@ class DataArrayReader:
 
     def to_physical(self, raw: np.ndarray) -> np.ndarray:
         """Raw values to float32 physical values (``scale_factor``/``add_offset`` applied)."""
-        return to_physical(raw, self._scale)
+        return to_physical(raw, self.scale_offset)
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Compute ``window`` as ``(data, valid)``; parts outside the array are mirrored."""

@@ -13,7 +13,7 @@ import numpy as np
 from georaster_quant.backend import Backend
 from georaster_quant.contract import open_input
 from georaster_quant.errors import BandMismatchError
-from georaster_quant.stream import iter_batches
+from georaster_quant.stream import TileBatch, iter_batches
 from georaster_quant.tiling import TileGrid
 
 NODATA_CLASS = 255
@@ -92,3 +92,67 @@ def predict_grid(
             confidence[r, c] = probs[keep].max(axis=1)
             bar.update(len(batch))
     return GridPrediction(grid, classes, confidence, seconds)
+
+
+class CellRows:
+    """Output rows filled in as batches of decisions come back, as the map stores them.
+
+    Per row: ``classes`` (uint8, :data:`NODATA_CLASS` where the cell is mostly nodata),
+    ``confidence`` and, with ``probabilities``, ``probabilities`` ``(K, cols)`` in percent.
+    The rows span output columns ``[col0, col0 + n_cols)``.
+    """
+
+    def __init__(self, n_cols: int, num_classes: int, probabilities: bool, col0: int = 0):
+        self.n_cols, self.k, self.col0 = n_cols, num_classes, col0
+        self.probabilities = probabilities
+        self._rows: dict[int, dict[str, np.ndarray]] = {}
+
+    def _new_row(self) -> dict[str, np.ndarray]:
+        n, k = self.n_cols, self.k if self.probabilities else 0
+        return {
+            "classes": np.full(n, NODATA_CLASS, np.uint8),
+            "confidence": np.full(n, NODATA_CLASS, np.uint8),
+            "probabilities": np.full((k, n), NODATA_CLASS, np.uint8),
+            "filled": np.zeros(n, bool),
+        }
+
+    def add(self, batch: TileBatch, probs: np.ndarray) -> list[int]:
+        """File a batch's class probabilities; returns the rows it completed."""
+        keep = batch.valid_fraction >= MIN_VALID_FRACTION
+        cls = np.where(keep, probs.argmax(axis=1), NODATA_CLASS).astype(np.uint8)
+        conf = np.where(keep, np.rint(probs.max(axis=1) * 100), NODATA_CLASS).astype(np.uint8)
+        done = []
+        for r in np.unique(batch.rows).tolist():
+            sel = batch.rows == r
+            row = self._rows.get(r)
+            if row is None:
+                row = self._rows[r] = self._new_row()
+            c = batch.cols[sel] - self.col0
+            row["classes"][c] = cls[sel]
+            row["confidence"][c] = conf[sel]
+            if self.probabilities:
+                pct = np.where(keep[sel, None], np.rint(probs[sel] * 100), NODATA_CLASS)
+                row["probabilities"][:, c] = pct.astype(np.uint8).T
+            row["filled"][c] = True
+            if row["filled"].all():
+                done.append(r)
+        return done
+
+    def pop(self, row: int) -> dict[str, np.ndarray]:
+        """Take a finished row out: ``classes``, ``confidence``, ``probabilities``."""
+        arrays = self._rows.pop(row)
+        del arrays["filled"]
+        return arrays
+
+
+def disagreement_map(a: Any, b: Any) -> Any:
+    """Where two class maps decide differently: 1 differs, 0 agrees, 255 either is nodata.
+
+    ``a`` and ``b`` are class arrays of one grid: numpy arrays, ``class`` DataArrays (a lazy
+    input gives a lazy map with the same coordinates) or Datasets from
+    :func:`georaster_quant.lazy.predict_dataarray` (their ``class`` is used). Typical use:
+    an FP32 and an INT8 bundle on the same scene, to see where quantization changed decisions.
+    """
+    a, b = (x["class"] if hasattr(x, "data_vars") else x for x in (a, b))
+    nodata = (a == NODATA_CLASS) | (b == NODATA_CLASS)
+    return (a != b).astype(np.uint8) | nodata.astype(np.uint8) * np.uint8(NODATA_CLASS)

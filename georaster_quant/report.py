@@ -1,8 +1,9 @@
 """The evaluation report: PNG figures and an HTML page comparing models on one raster.
 
 Figures: a confusion matrix per model, where each model's decisions differ from the first
-model's (the FP32-vs-quantized disagreement map), the per-layer sensitivity ranking recorded
-when a static INT8 bundle was made, and size and latency bars. The folder is built beside
+model's (the FP32-vs-quantized disagreement map, also written as a georeferenced GeoTIFF),
+the per-layer sensitivity ranking recorded when a static INT8 bundle was made, and size and
+latency bars. The folder is built beside
 its destination and moved into place when complete.
 """
 
@@ -16,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from georaster_quant.evaluate import ModelScore
-from georaster_quant.io import atomic_path, check_output_path
-from georaster_quant.predict import NODATA_CLASS
+from georaster_quant.io import atomic_path, check_output_path, read_info, write_raster
+from georaster_quant.predict import NODATA_CLASS, disagreement_map
+from georaster_quant.tiling import Window
 
 
 def _plt() -> Any:
@@ -61,21 +63,13 @@ def confusion_figure(score: ModelScore, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def disagreement_map(first: ModelScore, other: ModelScore) -> np.ndarray:
-    """Per cell: 1 where the decisions differ, 0 where they agree, 255 where either is nodata."""
-    a, b = first.prediction.classes, other.prediction.classes
-    out = (a != b).astype(np.uint8)
-    out[(a == NODATA_CLASS) | (b == NODATA_CLASS)] = 255
-    return out
-
-
 def disagreement_figure(first: ModelScore, other: ModelScore, path: Path, title: str) -> None:
     """Where ``other`` decides differently from ``first``, over ``first``'s class map."""
     plt = _plt()
     colors = np.array([c.color for c in first.meta.classes] + [(0, 0, 0)], dtype=np.float64)
     classes = first.prediction.classes.astype(np.int64)
     classes[classes == NODATA_CLASS] = len(colors) - 1
-    diff = disagreement_map(first, other)
+    diff = disagreement_map(first.prediction.classes, other.prediction.classes)
     fig, ax = plt.subplots(1, 2, figsize=(11, 5))
     ax[0].imshow(colors[classes] / 255, interpolation="nearest")
     ax[0].set_title("decisions of model 1", fontsize=9)
@@ -89,6 +83,27 @@ def disagreement_figure(first: ModelScore, other: ModelScore, path: Path, title:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def disagreement_raster(first: ModelScore, other: ModelScore, image: str, path: Path) -> None:
+    """The disagreement map as a GeoTIFF on the prediction grid of ``image``."""
+    info = read_info(image)
+    grid = first.prediction.grid
+    diff = disagreement_map(first.prediction.classes, other.prediction.classes)
+    with write_raster(
+        path,
+        width=diff.shape[1],
+        height=diff.shape[0],
+        count=1,
+        dtype="uint8",
+        crs=info.crs,
+        transform=grid.output_transform(info.transform),
+        nodata=NODATA_CLASS,
+        blocksize=256 if max(diff.shape) > 512 else 16,
+    ) as dst:
+        dst.set_band_names(["decision_changed"])
+        dst.update_tags(1, VALUES="0 agree, 1 differ, 255 nodata in either map")
+        dst[Window(0, 0, *diff.shape)] = diff[None]
 
 
 def sensitivity_figure(score: ModelScore, path: Path) -> bool:
@@ -144,6 +159,7 @@ def write_report(
             name = f"disagreement_1_vs_{i + 1}.png"
             disagreement_figure(scores[0], s, tmp / name, f"model {i + 1} vs model 1")
             figures.append((name, f"Where {_label(s, i)} decides differently from model 1"))
+            disagreement_raster(scores[0], s, image, tmp / name.replace(".png", ".tif"))
         for i, s in enumerate(scores):
             name = f"sensitivity_{i + 1}.png"
             if sensitivity_figure(s, tmp / name):

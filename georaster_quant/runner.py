@@ -19,20 +19,21 @@ import resource
 import shutil
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from georaster_quant import __version__
 from georaster_quant.backend import Backend
+from georaster_quant.bundle import BundleMeta
 from georaster_quant.contract import open_input
 from georaster_quant.errors import ConfigError, GeoRasterQuantError, OutputPathError
 from georaster_quant.io import atomic_path, check_output_path, write_raster
-from georaster_quant.predict import MIN_VALID_FRACTION, NODATA_CLASS
-from georaster_quant.stream import TileBatch, iter_batches
+from georaster_quant.predict import NODATA_CLASS, CellRows
+from georaster_quant.stream import iter_batches
 from georaster_quant.tiling import TileGrid
 
 #: Output rows per journal part (and per window of the assembled map).
@@ -63,11 +64,11 @@ def journal_exists(output: str | os.PathLike[str]) -> bool:
     return _parts_dir(Path(output)).is_dir()
 
 
-def _signature(backend: Backend, image: str, grid: TileGrid, opts: PredictOptions) -> str:
+def _signature(meta: BundleMeta, image: str, grid: TileGrid, opts: PredictOptions) -> str:
     """What a resumed run must share with the run that wrote the journal."""
     st = os.stat(image) if os.path.exists(image) else None
     payload = {
-        "weights_sha256": backend.meta.weights_info.sha256,
+        "weights_sha256": meta.weights_info.sha256,
         "image": os.path.abspath(image) if st else image,
         "image_size": st.st_size if st else None,
         "image_mtime": st.st_mtime_ns if st else None,
@@ -113,6 +114,49 @@ class Journal:
             return {k: z[k] for k in z.files}
 
 
+class Inference(Protocol):
+    """Where the tiles of a run are classified: this process, or a dask cluster."""
+
+    name: str
+    meta: BundleMeta
+
+    def rows(
+        self, image: str, reader: Any, grid: TileGrid, rows: Sequence[int], opts: PredictOptions
+    ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """Yield ``(row, arrays)`` for each of ``rows`` as it is finished (any order)."""
+        ...
+
+
+class LocalInference:
+    """A backend in this process, fed by a reader thread through a bounded queue."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self.name = backend.name
+        self.meta = backend.meta
+
+    def rows(
+        self, image: str, reader: Any, grid: TileGrid, rows: Sequence[int], opts: PredictOptions
+    ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """Classify ``rows`` of ``reader`` (open on ``image``), reading and inferring at once."""
+        fill = np.asarray(self.meta.input.fill_values, dtype=np.float32)
+        cells = CellRows(grid.shape[1], len(self.meta.classes), opts.probabilities)
+        q: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=_reader_thread, args=(reader, grid, fill, opts, rows, q, stop), daemon=True
+        )
+        thread.start()
+        try:
+            while (item := q.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                for row in cells.add(item, self.backend(item.data)):
+                    yield row, cells.pop(row)
+        finally:
+            _stop_reader(thread, q, stop)
+
+
 def _reader_thread(
     reader: Any,
     grid: TileGrid,
@@ -148,12 +192,16 @@ def _stop_reader(thread: threading.Thread, q: queue.Queue, stop: threading.Event
 
 
 def predict_raster(
-    backend: Backend,
+    model: Backend | Inference,
     image: str | os.PathLike[str],
     output: str | os.PathLike[str],
     opts: PredictOptions = PredictOptions(),
 ) -> dict[str, Any]:
-    """Classify ``image`` into the class map ``output``; returns the run summary."""
+    """Classify ``image`` into the class map ``output``; returns the run summary.
+
+    ``model`` is a backend (run here) or an :class:`Inference`, e.g. a dask cluster's
+    (:class:`georaster_quant.cluster.ClusterInference`).
+    """
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
@@ -164,69 +212,57 @@ def predict_raster(
     check_output_path(out, overwrite=opts.overwrite or opts.resume)
     if out.exists() and opts.resume and not journal_exists(out):
         raise OutputPathError(f"{out}: already complete; nothing to resume (use --overwrite)")
-    meta = backend.meta
-    k = len(meta.classes)
+    inference = model if hasattr(model, "rows") else LocalInference(model)  # type: ignore[arg-type]
+    meta = inference.meta
     with open_input(image, meta, opts.bands) as reader:
         info = reader.info
         grid = TileGrid(
             info.height, info.width, meta.input.tile_size, opts.stride or meta.input.default_stride
         )
-        journal = Journal(_parts_dir(out), _signature(backend, image, grid, opts), opts.resume)
+        journal = Journal(_parts_dir(out), _signature(meta, image, grid, opts), opts.resume)
         n_rows, n_cols = grid.shape
         n_parts = -(-n_rows // PART_ROWS)
         todo = [p for p in range(n_parts) if p not in journal.done()]
         rows = [r for p in todo for r in range(p * PART_ROWS, min((p + 1) * PART_ROWS, n_rows))]
-        fill = np.asarray(meta.input.fill_values, dtype=np.float32)
-        q: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
-        stop = threading.Event()
-        thread = threading.Thread(
-            target=_reader_thread, args=(reader, grid, fill, opts, rows, q, stop), daemon=True
-        )
-        thread.start()
-        inferred = 0
         pending: dict[int, dict[str, np.ndarray]] = {}
         bar = tqdm(
             total=len(rows) * n_cols, unit="tile", desc=Path(image).name, disable=not opts.progress
         )
+        finished = inference.rows(image, reader, grid, rows, opts)
         try:
-            while (item := q.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                probs = backend(item.data)
-                inferred += len(item)
-                _collect(item, probs, pending, n_cols, k, opts.probabilities)
-                for part in sorted({int(r) // PART_ROWS for r in np.unique(item.rows)}):
-                    _flush_if_complete(part, pending, journal, n_rows)
-                bar.update(len(item))
+            for row, arrays in finished:
+                pending[row] = arrays
+                _flush_if_complete(row // PART_ROWS, pending, journal, n_rows)
+                bar.update(n_cols)
                 bar.set_postfix(
                     mpx_s=f"{_mpx(bar.n, grid) / max(bar.format_dict['elapsed'], 1e-9):.1f}"
                 )
         except GeoRasterQuantError:
             # Bad input (e.g. a read error that persists): resuming cannot help, so no journal
             # is kept. Any other interruption keeps it for --resume.
-            _stop_reader(thread, q, stop)
+            finished.close()
             shutil.rmtree(journal.folder, ignore_errors=True)
             raise
         finally:
             bar.close()
-            _stop_reader(thread, q, stop)
+            finished.close()
         transform = grid.output_transform(info.transform)
         crs = info.crs
         pixel_area = abs(info.transform.a * info.transform.e)
-    classes_counts = _assemble(out, journal, grid, meta, n_parts, transform, crs, opts, backend)
+    classes_counts = _assemble(out, journal, grid, meta, n_parts, transform, crs, opts, inference)
     seconds = time.perf_counter() - t0
     summary = {
         "input": image,
         "output": os.fspath(out),
         "weights_sha256": meta.weights_info.sha256,
         "quant_type": meta.quant_type,
-        "backend": backend.name,
+        "backend": inference.name,
         "stride": grid.step,
         "tile_size": grid.tile_size,
         "grid": list(grid.shape),
         "tiles_total": len(grid),
-        "tiles_inferred": inferred,
-        "resumed": bool(opts.resume and inferred < len(grid)),
+        "tiles_inferred": len(rows) * n_cols,
+        "resumed": bool(opts.resume and len(rows) < n_rows),
         "seconds": seconds,
         "mpx_per_s": grid.height * grid.width / 1e6 / max(seconds, 1e-9),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -246,45 +282,11 @@ def _mpx(tiles: int, grid: TileGrid) -> float:
     return tiles * grid.step * grid.step / 1e6
 
 
-def _collect(
-    batch: TileBatch,
-    probs: np.ndarray,
-    pending: dict[int, dict[str, np.ndarray]],
-    n_cols: int,
-    k: int,
-    with_probs: bool,
-) -> None:
-    """File a batch's decisions into the rows they belong to."""
-    keep = batch.valid_fraction >= MIN_VALID_FRACTION
-    cls = np.where(keep, probs.argmax(axis=1), NODATA_CLASS).astype(np.uint8)
-    conf = np.where(keep, np.rint(probs.max(axis=1) * 100), NODATA_CLASS).astype(np.uint8)
-    pct = np.where(keep[:, None], np.rint(probs * 100), NODATA_CLASS).astype(np.uint8)
-    for r in np.unique(batch.rows):
-        sel = batch.rows == r
-        row = pending.setdefault(
-            int(r),
-            {
-                "classes": np.full(n_cols, NODATA_CLASS, np.uint8),
-                "confidence": np.full(n_cols, NODATA_CLASS, np.uint8),
-                "probabilities": np.full(
-                    (k, n_cols) if with_probs else (0, n_cols), NODATA_CLASS, np.uint8
-                ),
-                "filled": np.zeros(n_cols, bool),
-            },
-        )
-        c = batch.cols[sel]
-        row["classes"][c] = cls[sel]
-        row["confidence"][c] = conf[sel]
-        if with_probs:
-            row["probabilities"][:, c] = pct[sel].T
-        row["filled"][c] = True
-
-
 def _flush_if_complete(
     part: int, pending: dict[int, dict[str, np.ndarray]], journal: Journal, n_rows: int
 ) -> None:
     rows = range(part * PART_ROWS, min((part + 1) * PART_ROWS, n_rows))
-    if not all(r in pending and pending[r]["filled"].all() for r in rows):
+    if not all(r in pending for r in rows):
         return
     block = [pending.pop(r) for r in rows]
     journal.save(
@@ -306,7 +308,7 @@ def _assemble(
     transform: Any,
     crs: str | None,
     opts: PredictOptions,
-    backend: Backend,
+    inference: Inference,
 ) -> np.ndarray:
     """Write the map from the journal's parts; returns input pixels per class."""
     from georaster_quant.tiling import Window
@@ -338,7 +340,7 @@ def _assemble(
             BUNDLE_WEIGHTS_SHA256=meta.weights_info.sha256,
             MODEL_NAME=meta.model_name,
             QUANT_TYPE=meta.quant_type,
-            BACKEND=backend.name,
+            BACKEND=inference.name,
             STRIDE=grid.step,
             TILE_SIZE=grid.tile_size,
             GENERATOR=f"georaster_quant {__version__}",

@@ -7,7 +7,7 @@ bounded by ``(tile_size + block_height) x width x bands``, never by the raster's
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,12 +96,17 @@ class TileBatch:
         return len(self.rows)
 
 
-def cell_valid_fraction(valid_tiles: np.ndarray, grid: TileGrid, row: int) -> np.ndarray:
-    """Valid share of each cell footprint (in-raster part) for one row of tile masks."""
+def cell_valid_fraction(
+    valid_tiles: np.ndarray, grid: TileGrid, row: int, col0: int = 0
+) -> np.ndarray:
+    """Valid share of each cell footprint (in-raster part) for a row of tile masks.
+
+    The tiles are those of output row ``row`` from output column ``col0`` on.
+    """
     before, s = grid.halo[0], grid.step
     cols = valid_tiles.shape[0]
     h = min(s, grid.height - row * s)
-    widths = np.minimum(s, grid.width - np.arange(cols) * s)
+    widths = np.minimum(s, grid.width - (col0 + np.arange(cols)) * s)
     core = valid_tiles[:, before : before + h, before : before + s]
     inside = np.arange(s)[None, :] < widths[:, None]  # (cols, s): columns inside the raster
     return (core & inside[:, None, :]).sum(axis=(1, 2)) / (h * widths)
@@ -115,17 +120,34 @@ def iter_batches(
     rows: Sequence[int] | None = None,
 ) -> Iterator[TileBatch]:
     """Batches of filled tiles in grid order (of ``rows`` only, if given); the last may be short."""
+    strips = iter_row_strips(reader, grid, rows)
+    return batch_strips(strips, grid, fill_values, batch_size, reader.to_physical)
+
+
+def batch_strips(
+    strips: Iterable[tuple[int, np.ndarray, np.ndarray]],
+    grid: TileGrid,
+    fill_values: np.ndarray,
+    batch_size: int,
+    to_physical: Callable[[np.ndarray], np.ndarray],
+    col0: int = 0,
+) -> Iterator[TileBatch]:
+    """Batches of filled tiles from ``(row, raw, valid)`` strips; the last may be short.
+
+    A strip holds the tiles of one output row from column ``col0`` on (the whole row for the
+    streaming reader, one block's columns for the lazy dask path), raw values in the file's
+    dtype; ``to_physical`` turns them into float32 physical values.
+    """
     fill = np.asarray(fill_values, dtype=np.float32)[:, None, None]
     pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     count = 0
-    for row, raw, valid in iter_row_strips(reader, grid, rows):
+    for row, raw, valid in strips:
         vtiles = tiles_from_strip(valid, grid)
-        filled = reader.to_physical(tiles_from_strip(raw, grid))  # the one float32 copy
+        filled = to_physical(tiles_from_strip(raw, grid))  # the one float32 copy
         np.copyto(filled, np.broadcast_to(fill, filled.shape), where=~vtiles[:, None])
-        cols = np.arange(filled.shape[0])
-        pending.append(
-            (np.full_like(cols, row), cols, filled, cell_valid_fraction(vtiles, grid, row))
-        )
+        cols = col0 + np.arange(filled.shape[0])
+        frac = cell_valid_fraction(vtiles, grid, row, col0)
+        pending.append((np.full_like(cols, row), cols, filled, frac))
         count += len(cols)
         while count >= batch_size:
             yield _take(pending, batch_size)

@@ -191,11 +191,11 @@ def mirror_take(
 def tiles_from_strip(strip: np.ndarray, grid: TileGrid) -> np.ndarray:
     """Cut the row strip read for :meth:`TileGrid.row_window` into its tiles.
 
-    ``strip`` has shape ``(..., T, W')``; the result has shape ``(cols, ..., T, T)`` and is a
-    view where possible.
+    ``strip`` has shape ``(..., T, W')`` with ``W' = (cols - 1) * s + T``; the result has
+    shape ``(cols, ..., T, T)`` and is a view where possible.
     """
     t, s = grid.tile_size, grid.step
-    cols = grid.shape[1]
+    cols = (strip.shape[-1] - t) // s + 1  # the grid's columns, or a block's (lazy.py)
     view = np.lib.stride_tricks.sliding_window_view(strip, t, axis=-1)[..., ::s, :]
     view = view[..., :cols, :]  # (..., T, cols, T)
     return np.moveaxis(view, -2, 0)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -89,6 +91,19 @@ def output_paths(inputs: list[str], output: str) -> list[Path]:
     default=None,
     help="Backend threads (default: the cores this process may use).",
 )
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    default=None,
+    help="Run on the dask.distributed cluster at ADDRESS (e.g. tcp://10.0.0.5:8786). Its "
+    "workers need this package and the rasters and weights at the same paths or URLs.",
+)
+@click.option(
+    "--dask-workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Start a local dask cluster of N worker processes for this run.",
+)
 @backend_option
 @bands_option
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its journal.")
@@ -104,6 +119,8 @@ def command(
     stride: int | None,
     batch_size: int,
     workers: int | None,
+    scheduler: str | None,
+    dask_workers: int | None,
     backend: str,
     bands: list[int] | None,
     resume: bool,
@@ -128,14 +145,19 @@ def command(
           --output maps/ --cog
       georaster-quant predict --weights runs/best --image naip.tif --bands 3,2,1,4 \\
           --output naip_classes.tif --stride 16 --probabilities
+      georaster-quant predict --weights /shared/best --image /shared/big.tif \\
+          --output /shared/big_classes.tif --scheduler tcp://scheduler:8786
     """
-    from georaster_quant.backend import open_backend
-    from georaster_quant.errors import GeoRasterQuantError, OutputPathError
+    from georaster_quant.errors import OutputPathError
     from georaster_quant.io import check_output_path, ensure_folder
-    from georaster_quant.runner import PredictOptions, journal_exists, predict_raster
+    from georaster_quant.runner import PredictOptions
 
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
+    if scheduler and dask_workers:
+        raise click.UsageError("--scheduler and --dask-workers exclude each other")
+    if workers and (scheduler or dask_workers):
+        raise click.UsageError("on a dask cluster each worker uses its own threads; drop --workers")
     inputs = expand_inputs(images)
     outputs = output_paths(inputs, output)
     if len(outputs) > 1 or outputs[0].parent != Path(output).parent:
@@ -144,7 +166,6 @@ def command(
         if "://" not in src and Path(src).resolve() == out.resolve():
             raise OutputPathError(f"{out}: is the input raster itself; choose another output")
         check_output_path(out, overwrite=overwrite or resume)
-    model = open_backend(weights, backend, threads=workers)
     opts = PredictOptions(
         stride=stride,
         batch_size=batch_size,
@@ -155,10 +176,28 @@ def command(
         overwrite=overwrite,
         progress=show_progress(quiet),
     )
+    with contextlib.ExitStack() as stack:
+        if scheduler or dask_workers:
+            from georaster_quant.cluster import ClusterInference, dask_client
+
+            client = stack.enter_context(dask_client(scheduler, dask_workers))
+            model: Any = ClusterInference(client, weights, backend)
+        else:
+            from georaster_quant.backend import open_backend
+
+            model = open_backend(weights, backend, threads=workers)
+        _run_all(model, inputs, outputs, output, opts)
+
+
+def _run_all(model: Any, inputs: list[str], outputs: list[Path], output: str, opts: Any) -> None:
+    """One map per input; a bad input is reported and skipped (exit 2 at the end)."""
+    from georaster_quant.errors import GeoRasterQuantError
+    from georaster_quant.runner import journal_exists, predict_raster
+
     failed: list[tuple[str, str]] = []
     rows = []
     for src, out in zip(inputs, outputs, strict=True):
-        if resume and out.exists() and not journal_exists(out):
+        if opts.resume and out.exists() and not journal_exists(out):
             click.echo(f"{out}: already complete, skipped")
             continue
         try:
@@ -173,7 +212,7 @@ def command(
         click.echo(
             f"{out}: {s['grid'][1]}x{s['grid'][0]} cells, {s['tiles_inferred']} of "
             f"{s['tiles_total']} tiles inferred in {s['seconds']:.1f} s "
-            f"({s['mpx_per_s']:.1f} Mpx/s, peak {s['peak_rss_mb']:.0f} MB, {model.name})"
+            f"({s['mpx_per_s']:.1f} Mpx/s, peak {s['peak_rss_mb']:.0f} MB, {s['backend']})"
         )
     if len(inputs) > 1:
         click.echo(f"\n{len(rows)} of {len(inputs)} maps written to {output}")

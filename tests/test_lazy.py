@@ -1,0 +1,160 @@
+"""Lazy DataArray prediction with dask: the same cells as the streaming runner, georeferenced."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+import rioxarray
+import xarray as xr
+from synth_helpers import run_cli
+
+import georaster_quant.accessor  # noqa: F401 - registers .gq
+from georaster_quant import backend as backend_module
+from georaster_quant.backend import open_backend
+from georaster_quant.errors import BandMismatchError
+from georaster_quant.lazy import predict_dataarray
+from georaster_quant.predict import NODATA_CLASS, disagreement_map, predict_grid
+from georaster_quant.runner import PredictOptions, predict_raster
+from georaster_quant.synth import SceneSpec, generate_scene
+
+pytest_plugins = ["conftest_synth"]
+
+
+@pytest.fixture(scope="module")
+def holed_scene(tmp_path_factory):
+    """An unseen 300x430 scene with a nodata hole and a scale factor, tiled in 64 px blocks."""
+    scene, _ = generate_scene(
+        tmp_path_factory.mktemp("lazy"), SceneSpec(430, 300, 4, 77), progress=False
+    )
+    with rasterio.open(scene) as src:
+        array, profile = src.read(), src.profile
+    array[:, 40:170, 90:260] = 0
+    out = scene.with_name("holed.tif")
+    profile.update(nodata=0, blockxsize=64, blockysize=64, tiled=True)
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(array)
+        dst.scales = [1e-4] * 4
+    return out
+
+
+def runner_map(bundle, scene, tmp_path, stride, probabilities=False):
+    out = tmp_path / f"ref_{stride}.tif"
+    opts = PredictOptions(stride=stride, probabilities=probabilities, overwrite=True)
+    predict_raster(open_backend(bundle), scene, out, opts)
+    with rasterio.open(out) as src:
+        return src.read(), src.transform, src.crs
+
+
+@pytest.mark.parametrize(
+    ("stride", "chunks"), [(64, None), (64, 150), (16, 100), (21, 200)], ids=str
+)
+def test_lazy_cells_equal_the_runner(trained_bundle, holed_scene, tmp_path, stride, chunks):
+    ref, transform, crs = runner_map(trained_bundle, holed_scene, tmp_path, stride, True)
+    da = rioxarray.open_rasterio(holed_scene, chunks={"y": 128, "x": 96})
+    ds = predict_dataarray(da, trained_bundle, stride=stride, chunks=chunks, probabilities=True)
+    assert ds["class"].chunks is not None  # lazy until asked
+    if chunks:
+        assert len(ds["class"].chunks[0]) > 1 and len(ds["class"].chunks[1]) > 1
+    ds = ds.compute()
+    np.testing.assert_array_equal(ds["class"].values, ref[0])
+    np.testing.assert_array_equal(ds["confidence"].values, ref[1])
+    np.testing.assert_array_equal(ds["probability"].values, ref[2:])
+    assert (ds["class"].values == NODATA_CLASS).any()  # the hole
+    assert ds.rio.transform() == transform
+    assert ds.rio.crs == crs
+    assert list(ds["probability"].class_name.values) == ds["class"].attrs["class_names"]
+
+
+def test_numpy_backed_array_and_accessor(trained_bundle, small_scene, tmp_path):
+    ref, _, _ = runner_map(trained_bundle, small_scene[0], tmp_path, 32)
+    da = rioxarray.open_rasterio(small_scene[0]).load()  # numpy-backed
+    ds = da.gq.predict(trained_bundle, stride=32, chunks=128)
+    np.testing.assert_array_equal(ds["class"].values, ref[0])
+    np.testing.assert_array_equal(ds["confidence"].values, ref[1])
+
+
+def test_to_raster_writes_the_cli_map(capsys, trained_bundle, small_scene, tmp_path):
+    cli_map = tmp_path / "cli.tif"
+    code, _, err = run_cli(
+        capsys, "predict", "--weights", trained_bundle, "--image", small_scene[0],
+        "--output", cli_map, "--stride", "16", "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    ds = rioxarray.open_rasterio(small_scene[0], chunks=256).gq.predict(trained_bundle, stride=16)
+    ds["class"].rio.to_raster(tmp_path / "lazy.tif")
+    with rasterio.open(cli_map) as a, rasterio.open(tmp_path / "lazy.tif") as b:
+        assert b.transform == a.transform and b.crs == a.crs and b.nodata == NODATA_CLASS
+        np.testing.assert_array_equal(b.read(1), a.read(1))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 70), (5, 3), (63, 65)], ids=str)
+def test_tiny_rasters_equal_predict_grid(trained_bundle, make_tif, shape):
+    rng = np.random.default_rng(sum(shape))
+    array = rng.integers(300, 3000, (4, *shape)).astype("uint16")
+    path = make_tif("tiny.tif", array)
+    model = open_backend(trained_bundle)
+    for stride in (64, 16):
+        cells = predict_grid(model, path, stride=stride)
+        da = rioxarray.open_rasterio(path)
+        ds = predict_dataarray(da, trained_bundle, stride=stride).compute()
+        np.testing.assert_array_equal(ds["class"].values, cells.classes)
+
+
+def test_model_loads_once_per_process_and_only_on_compute(bundle_copy, small_scene):
+    da = rioxarray.open_rasterio(small_scene[0], chunks=128)
+    before = backend_module.LOADS
+    ds = predict_dataarray(da, bundle_copy, stride=32, chunks=128)
+    assert backend_module.LOADS == before  # building the graph loads nothing
+    ds.compute()
+    ds.compute()
+    assert backend_module.LOADS == before + 1  # many blocks, two computes, one load
+
+
+def test_band_selection_and_mismatch(trained_bundle, small_scene, three_band_scene):
+    da = rioxarray.open_rasterio(small_scene[0])
+    with pytest.raises(BandMismatchError, match="takes 4"):
+        predict_dataarray(rioxarray.open_rasterio(three_band_scene[0]), trained_bundle)
+    with pytest.raises(BandMismatchError, match="do not exist"):
+        predict_dataarray(da, trained_bundle, bands=[1, 2, 3, 9])
+    reordered = da.isel(band=[3, 2, 1, 0])
+    a = predict_dataarray(da, trained_bundle).compute()
+    b = predict_dataarray(reordered, trained_bundle, bands=[4, 3, 2, 1]).compute()
+    np.testing.assert_array_equal(a["class"].values, b["class"].values)
+
+
+def test_disagreement_map_lazy_and_eager(trained_bundle, int8_bundle, holed_scene):
+    da = rioxarray.open_rasterio(holed_scene, chunks=128)
+    fp32 = predict_dataarray(da, trained_bundle, stride=16)
+    int8 = predict_dataarray(da, int8_bundle, stride=16)
+    diff = disagreement_map(fp32, int8)
+    assert isinstance(diff, xr.DataArray) and diff.chunks is not None
+    a, b = fp32["class"].values, int8["class"].values
+    expected = np.where((a == 255) | (b == 255), 255, (a != b).astype(np.uint8))
+    np.testing.assert_array_equal(diff.values, expected)
+    np.testing.assert_array_equal(disagreement_map(a, b), expected)  # numpy in, numpy out
+    assert diff.dtype == np.uint8 and (diff.values == 255).any() and (diff.values == 0).any()
+    assert diff.rio.transform() == fp32.rio.transform()
+
+
+def test_evaluate_report_writes_the_disagreement_raster(
+    capsys, trained_bundle, int8_bundle, small_scene, tmp_path
+):
+    report = tmp_path / "report"
+    code, _, err = run_cli(
+        capsys, "evaluate", "--weights", trained_bundle, "--weights", int8_bundle,
+        "--image", small_scene[0], "--labels", small_scene[1], "--stride", "16",
+        "--report", report,
+    )  # fmt: skip
+    assert code == 0, err
+    names = {p.name for p in report.iterdir()}
+    assert {"index.html", "confusion_1.png", "confusion_2.png", "disagreement_1_vs_2.png"} <= names
+    fp32 = predict_grid(open_backend(trained_bundle), small_scene[0], stride=16).classes
+    int8 = predict_grid(open_backend(int8_bundle), small_scene[0], stride=16).classes
+    with (
+        rasterio.open(report / "disagreement_1_vs_2.tif") as src,
+        rasterio.open(small_scene[0]) as scene,
+    ):
+        np.testing.assert_array_equal(src.read(1), disagreement_map(fp32, int8))
+        assert src.crs == scene.crs
+        assert src.transform == scene.transform * scene.transform.scale(16)
