@@ -60,15 +60,22 @@ def infer_rows(
 
     from georaster_quant.backend import cached_backend
     from georaster_quant.contract import open_input
-    from georaster_quant.errors import RasterMismatchWarning
+    from georaster_quant.errors import GeoRasterQuantError, RasterMismatchWarning
     from georaster_quant.runner import LocalInference
 
     model = cached_backend(weights, backend, worker_threads())
-    with warnings.catch_warnings():  # the client has said it once already
-        warnings.simplefilter("ignore", RasterMismatchWarning)
-        reader = open_input(image, model.meta, opts.bands)
-    with reader:
-        return model.name, list(LocalInference(model).rows(image, reader, grid, rows, opts))
+    try:
+        with warnings.catch_warnings():  # the client has said it once already
+            warnings.simplefilter("ignore", RasterMismatchWarning)
+            reader = open_input(image, model.meta, opts.bands)
+        with reader:
+            return model.name, list(LocalInference(model).rows(image, reader, grid, rows, opts))
+    except GeoRasterQuantError as exc:
+        error = type(exc)(str(exc))
+    # Raised outside the handler, so it is sent back with no cause or context: GDAL's
+    # exceptions do not survive unpickling, and the client must see our error type to exit 2
+    # and go on with the next input.
+    raise error
 
 
 class ClusterInference:
@@ -135,7 +142,7 @@ def dask_client(scheduler: str | None = None, n_workers: int | None = None) -> I
             threads_per_worker=max(1, available_cores() // n),
             processes=True,
             dashboard_address=None,
-            silence_logs=logging.ERROR,
+            silence_logs=logging.CRITICAL,  # failed tasks are reported by the client
         ) as cluster,
         Client(cluster) as client,
     ):
