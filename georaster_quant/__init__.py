@@ -9,6 +9,10 @@ main entry points are re-exported lazily::
     bundle = gq.Bundle("runs/best")
     cells = gq.predict_grid(gq.open_backend("runs/best"), "data/test/scene.tif", stride=16)
     scores = gq.evaluate(["runs/best"], "data/test/scene.tif", "data/test/labels.tif")
+    gq.predict_raster(gq.open_backend("runs/best"), "big.tif", "big_classes.tif")
+
+    import rioxarray, georaster_quant.accessor  # registers DataArray.gq
+    ds = rioxarray.open_rasterio("big.tif", chunks=2048).gq.predict("runs/best")  # lazy
 """
 
 from __future__ import annotations
@@ -22,16 +26,25 @@ _EXPORTS = {
     "Bundle": "georaster_quant.bundle",
     "read_meta": "georaster_quant.bundle",
     "BandNormalizer": "georaster_quant.normalize",
+    "ClusterInference": "georaster_quant.cluster",
     "GeoRasterCNN": "georaster_quant.model",
+    "PredictOptions": "georaster_quant.runner",
+    "QuantizeOptions": "georaster_quant.quantized_bundle",
     "RasterReader": "georaster_quant.io",
     "SceneSpec": "georaster_quant.synth",
     "TileGrid": "georaster_quant.tiling",
     "TrainConfig": "georaster_quant.train",
     "Window": "georaster_quant.tiling",
+    "dask_client": "georaster_quant.cluster",
+    "disagreement_map": "georaster_quant.predict",
     "evaluate": "georaster_quant.evaluate",
+    "export_bundle": "georaster_quant.export",
     "generate_scene": "georaster_quant.synth",
     "open_backend": "georaster_quant.backend",
+    "predict_dataarray": "georaster_quant.lazy",
     "predict_grid": "georaster_quant.predict",
+    "predict_raster": "georaster_quant.runner",
+    "quantize_bundle": "georaster_quant.quantized_bundle",
     "train": "georaster_quant.train",
 }
 
