@@ -33,6 +33,10 @@ class OutputPathError(GeoRasterQuantError, OSError):
     """The output path cannot be written (missing parent, parent is a file, exists)."""
 
 
+class PublishError(OutputPathError):
+    """A map cannot be published to object storage (no boto3, no access, upload failed)."""
+
+
 class ConfigError(GeoRasterQuantError, ValueError):
     """A configuration file or option value is invalid."""
 

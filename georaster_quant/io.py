@@ -77,6 +77,16 @@ class RasterInfo:
         return abs(self.transform.a), abs(self.transform.e)
 
 
+def _gdal_message(exc: BaseException) -> str:
+    """The first line of GDAL's own message about a failure.
+
+    A failed read is raised as "Read failed. See previous exception for details." with GDAL's
+    error as its cause, which usually names the file that failed (for a VRT, its source).
+    """
+    cause = exc.__cause__ or exc
+    return (str(cause) or type(cause).__name__).splitlines()[0]
+
+
 def _open(path: str | os.PathLike[str]) -> rasterio.DatasetReader:
     name = os.fspath(path)
     if "://" not in name and not name.startswith("/vsi") and not Path(name).exists():
@@ -84,8 +94,7 @@ def _open(path: str | os.PathLike[str]) -> rasterio.DatasetReader:
     try:
         return rasterio.open(name)
     except RasterioError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise RasterInputError(f"{name}: not a readable raster ({first})") from exc
+        raise RasterInputError(f"{name}: not a readable raster ({_gdal_message(exc)})") from exc
 
 
 def validity(raw: np.ndarray, nodata: float | None, mask: np.ndarray | None = None) -> np.ndarray:
@@ -191,7 +200,9 @@ class RasterReader:
             elif self._per_dataset_mask:
                 mask = self._ds.read_masks(info.bands[0], window=rio_window) > 0
         except RasterioError as exc:
-            raise RasterInputError(f"{info.path}: read failed at {inside} ({exc})") from exc
+            raise RasterInputError(
+                f"{info.path}: read failed at {inside} ({_gdal_message(exc)})"
+            ) from exc
         return raw, validity(raw, info.nodata, mask)
 
     def to_physical(self, raw: np.ndarray) -> np.ndarray:

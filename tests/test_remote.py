@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -12,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from synth_helpers import run_cli
+from synth_helpers import assert_one_line_error, run_cli
 
 from georaster_quant.io import RasterReader
+from georaster_quant.publish import S3Output
 
 pytest_plugins = ["conftest_synth"]
 
@@ -175,3 +177,174 @@ def test_predict_from_s3_equals_local(capsys, s3_bucket, small_scene, trained_bu
     with rasterio.open(local) as a, rasterio.open(remote) as b:
         assert np.array_equal(a.read(), b.read())
     assert os.environ["AWS_S3_ENDPOINT"].startswith("127.0.0.1")
+
+
+def _predict(capsys, weights, images, output, *extra) -> tuple[int, str, str]:
+    """``georaster-quant predict -q`` of ``images`` into ``output``: (code, stdout, stderr)."""
+    image_args = [a for image in images for a in ("--image", image)]
+    return run_cli(
+        capsys, "predict", "--weights", weights, *image_args, "--output", output, "-q", *extra
+    )
+
+
+def _download(client, key: str, path: Path) -> Path:
+    client.download_file("rasters", key, str(path))
+    return path
+
+
+def _keys(client, prefix: str = "") -> list[str]:
+    listing = client.list_objects_v2(Bucket="rasters", Prefix=prefix)
+    return sorted(o["Key"] for o in listing.get("Contents", []))
+
+
+@pytest.fixture
+def staging(tmp_path, monkeypatch) -> Path:
+    """A private staging folder for s3:// outputs, to see what a run leaves behind."""
+    folder = tmp_path / "staging"
+    monkeypatch.setenv("GEORASTER_QUANT_STAGING", str(folder))
+    return folder
+
+
+def test_predict_to_s3_publishes_the_local_map_and_its_sidecars(
+    capsys, s3_bucket, staging, small_scene, trained_bundle, tmp_path
+):
+    local = tmp_path / "local.tif"
+    uri = "s3://rasters/maps/map.tif"
+    for out in (local, uri):
+        code, stdout, err = _predict(capsys, trained_bundle, [small_scene[0]], out)
+        assert code == 0, err
+    assert stdout.startswith(f"{uri}: ")
+    assert _keys(s3_bucket) == ["maps/map.qml", "maps/map.tif", "maps/map.tif.json"]
+    remote = _download(s3_bucket, "maps/map.tif", tmp_path / "remote.tif")
+    with rasterio.open(local) as a, rasterio.open(remote) as b:
+        assert np.array_equal(a.read(), b.read())
+        assert a.tags() == b.tags() and a.descriptions == b.descriptions
+    qml = _download(s3_bucket, "maps/map.qml", tmp_path / "remote.qml")
+    assert qml.read_text() == local.with_suffix(".qml").read_text()
+    summary = json.loads(_download(s3_bucket, "maps/map.tif.json", tmp_path / "s.json").read_text())
+    assert summary["output"] == uri and summary["tiles_inferred"] == summary["tiles_total"]
+    assert not staging.exists() or not any(staging.rglob("*"))
+
+
+def test_existing_s3_object_is_refused_without_overwrite(
+    capsys, s3_bucket, staging, small_scene, trained_bundle
+):
+    s3_bucket.put_object(Bucket="rasters", Key="maps/map.tif", Body=b"keep me")
+    code, out, err = _predict(capsys, trained_bundle, [small_scene[0]], "s3://rasters/maps/map.tif")
+    assert_one_line_error(code, out, err, "s3://rasters/maps/map.tif", "--overwrite")
+    body = s3_bucket.get_object(Bucket="rasters", Key="maps/map.tif")["Body"].read()
+    assert body == b"keep me" and _keys(s3_bucket) == ["maps/map.tif"]
+
+
+def test_batch_to_an_s3_prefix(capsys, s3_bucket, staging, small_scene, trained_bundle, tmp_path):
+    other = tmp_path / "other.tif"
+    other.write_bytes(Path(small_scene[0]).read_bytes())
+    code, stdout, err = _predict(
+        capsys, trained_bundle, [small_scene[0], other], "s3://rasters/batch/"
+    )
+    assert code == 0, err
+    assert "2 of 2 maps written to s3://rasters/batch/" in stdout
+    assert _keys(s3_bucket, "batch/") == [
+        f"batch/{stem}_classes{ext}"
+        for stem in ("other", "scene")
+        for ext in (".qml", ".tif", ".tif.json")
+    ]
+    a = _download(s3_bucket, "batch/scene_classes.tif", tmp_path / "a.tif")
+    b = _download(s3_bucket, "batch/other_classes.tif", tmp_path / "b.tif")
+    with rasterio.open(a) as x, rasterio.open(b) as y:
+        assert np.array_equal(x.read(), y.read())
+    assert not staging.exists() or not any(staging.rglob("*"))
+
+
+def test_nothing_is_uploaded_when_the_run_fails(
+    capsys, s3_bucket, staging, small_scene, trained_bundle, tmp_path
+):
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(Path(small_scene[0]).read_bytes()[:5000])
+    code, out, err = _predict(capsys, trained_bundle, [bad], "s3://rasters/maps/map.tif")
+    assert_one_line_error(code, out, err, "bad.tif")
+    assert _keys(s3_bucket) == []
+    assert not staging.exists() or not any(staging.rglob("*"))
+
+
+def test_failed_upload_keeps_the_staged_map_and_resume_uploads_it(
+    capsys, monkeypatch, s3_bucket, staging, small_scene, trained_bundle
+):
+    from georaster_quant import runner
+    from georaster_quant.backend import open_backend
+    from georaster_quant.errors import PublishError
+    from georaster_quant.runner import PredictOptions, predict_raster
+
+    uri = "s3://later/map.tif"
+    target = S3Output(uri)
+    out = Path(target.staging)
+    run = target.publishing(predict_raster)
+    with pytest.raises(PublishError) as info:  # the bucket does not exist (yet)
+        run(open_backend(trained_bundle), str(small_scene[0]), out, PredictOptions())
+    assert str(info.value).startswith(f"{uri}: upload failed (")
+    assert str(out.parent) in str(info.value) and "--resume" in str(info.value)
+    assert out.is_file() and out.with_suffix(".qml").is_file()
+    s3_bucket.create_bucket(Bucket="later")
+
+    def rebuild(*args):
+        raise AssertionError("--resume rebuilt a finished map instead of uploading it")
+
+    monkeypatch.setattr(runner, "predict_raster", rebuild)
+    code, stdout, err = _predict(capsys, trained_bundle, [small_scene[0]], uri, "--resume")
+    assert code == 0, err
+    assert stdout.startswith(f"{uri}: ")
+    listing = s3_bucket.list_objects_v2(Bucket="later")["Contents"]
+    assert sorted(o["Key"] for o in listing) == ["map.qml", "map.tif", "map.tif.json"]
+    assert not out.exists() and not out.parent.exists()
+    code, stdout, err = _predict(capsys, trained_bundle, [small_scene[0]], uri, "--resume")
+    assert code == 0 and stdout == f"{uri}: already complete, skipped\n", err
+
+
+def test_s3_output_without_boto3_says_what_to_install(capsys, monkeypatch, small_scene, tmp_path):
+    monkeypatch.setitem(sys.modules, "boto3", None)
+    code, out, err = _predict(capsys, tmp_path / "no-bundle", [small_scene[0]], "s3://b/m.tif")
+    assert_one_line_error(code, out, err, "s3://b/m.tif", "pip install 'georaster-quant[s3]'")
+
+
+@pytest.mark.parametrize(
+    ("uri", "several", "staged", "map_uri"),
+    [
+        ("s3://b/dir/map.tif", False, "map.tif", "s3://b/dir/map.tif"),
+        ("s3://b/map.tif", False, "map.tif", "s3://b/map.tif"),
+        ("s3://b/dir/", False, os.sep, "s3://b/dir/x_classes.tif"),
+        ("s3://b/dir", True, os.sep, "s3://b/dir/x_classes.tif"),
+        ("s3://b", True, os.sep, "s3://b/x_classes.tif"),
+    ],
+)
+def test_s3_output_staging_and_keys(staging, uri, several, staged, map_uri):
+    target = S3Output(uri, several=several)
+    assert target.folder.parent == staging
+    folder = str(target.folder) + os.sep
+    assert target.staging == (folder if staged == os.sep else str(target.folder / staged))
+    assert target.uri_of(target.folder / map_uri.rpartition("/")[2]) == map_uri
+    assert S3Output(uri, several=several).folder == target.folder  # --resume finds it
+    assert S3Output(uri + ".other").folder != target.folder
+
+
+def test_upload_sends_the_map_last_and_clears_the_staging(staging):
+    target = S3Output("s3://b/dir/map.tif")
+    out = Path(target.staging)
+    out.parent.mkdir(parents=True)
+    out.write_bytes(b"map")
+    out.with_suffix(".qml").write_text("<qgis/>")
+    out.with_name("map.tif.json").write_text('{"output": "staged"}')
+    sent = []
+
+    class Client:
+        def upload_file(self, path, bucket, key, ExtraArgs):
+            sent.append((bucket, key, ExtraArgs["ContentType"]))
+
+    target.client = Client()
+    summary = target.upload(out)
+    assert sent == [
+        ("b", "dir/map.qml", "text/xml"),
+        ("b", "dir/map.tif.json", "application/json"),
+        ("b", "dir/map.tif", "image/tiff"),
+    ]
+    assert summary == {"output": "s3://b/dir/map.tif"}
+    assert not any(out.parent.iterdir())

@@ -81,7 +81,8 @@ def output_paths(inputs: list[str], output: str) -> list[Path]:
     "--output",
     required=True,
     type=click.Path(),
-    help="Map file for one input; a folder for several ({stem}_classes.tif each).",
+    help="Map file for one input; a folder for several ({stem}_classes.tif each). May be "
+    "s3://bucket/map.tif (or s3://bucket/dir/): built locally, uploaded when complete.",
 )
 @stride_option
 @batch_size_option
@@ -136,13 +137,17 @@ def command(
     percent, and with --probabilities one band per class. Beside each map: a QGIS style
     (.qml) and a run summary (map.tif.json) with tiles, speed, peak memory and area per class.
     Maps are built beside the output and moved into place when complete; a killed run
-    continues with --resume. One bad input does not stop the others (exit 2 at the end).
+    continues with --resume. An s3:// output is built in a local staging folder
+    ($GEORASTER_QUANT_STAGING or the temp folder) and uploaded when complete, the map last
+    (AWS_* variables as for GDAL). One bad input does not stop the others (exit 2 at the end).
 
     \b
     Examples:
       georaster-quant predict --weights runs/best --image scene.tif --output map.tif
       georaster-quant predict --weights runs/best/model.onnx --image 'tiles/*.tif' \\
           --output maps/ --cog
+      georaster-quant predict --weights runs/best --image scene.tif \\
+          --output s3://maps/2024/scene_classes.tif
       georaster-quant predict --weights runs/best --image naip.tif --bands 3,2,1,4 \\
           --output naip_classes.tif --stride 16 --probabilities
       georaster-quant predict --weights /shared/best --image /shared/big.tif \\
@@ -150,6 +155,7 @@ def command(
     """
     from georaster_quant.errors import OutputPathError
     from georaster_quant.io import check_output_path, ensure_folder
+    from georaster_quant.publish import S3Output, is_remote_output
     from georaster_quant.runner import PredictOptions
 
     if resume and overwrite:
@@ -159,9 +165,13 @@ def command(
     if workers and (scheduler or dask_workers):
         raise click.UsageError("on a dask cluster each worker uses its own threads; drop --workers")
     inputs = expand_inputs(images)
-    outputs = output_paths(inputs, output)
-    if len(outputs) > 1 or outputs[0].parent != Path(output).parent:
-        ensure_folder(output)
+    remote = S3Output(output, several=len(inputs) > 1) if is_remote_output(output) else None
+    local = remote.staging if remote else output
+    outputs = output_paths(inputs, local)
+    if remote:
+        remote.prepare(inputs, outputs, overwrite=overwrite or resume)
+    if len(outputs) > 1 or outputs[0].parent != Path(local).parent:
+        ensure_folder(local)
     for src, out in zip(inputs, outputs, strict=True):  # checked before any work starts
         if "://" not in src and Path(src).resolve() == out.resolve():
             raise OutputPathError(f"{out}: is the input raster itself; choose another output")
@@ -186,22 +196,31 @@ def command(
             from georaster_quant.backend import open_backend
 
             model = open_backend(weights, backend, threads=workers)
-        _run_all(model, inputs, outputs, output, opts)
+        _run_all(model, inputs, outputs, output, opts, remote)
 
 
-def _run_all(model: Any, inputs: list[str], outputs: list[Path], output: str, opts: Any) -> None:
+def _run_all(
+    model: Any,
+    inputs: list[str],
+    outputs: list[Path],
+    output: str,
+    opts: Any,
+    remote: Any,
+) -> None:
     """One map per input; a bad input is reported and skipped (exit 2 at the end)."""
     from georaster_quant.errors import GeoRasterQuantError
     from georaster_quant.runner import journal_exists, predict_raster
 
+    run = remote.publishing(predict_raster) if remote else predict_raster
     failed: list[tuple[str, str]] = []
     rows = []
     for src, out in zip(inputs, outputs, strict=True):
-        if opts.resume and out.exists() and not journal_exists(out):
-            click.echo(f"{out}: already complete, skipped")
+        finished = remote.done(out) if remote else out.exists() and not journal_exists(out)
+        if opts.resume and finished:
+            click.echo(f"{remote.uri_of(out) if remote else out}: already complete, skipped")
             continue
         try:
-            s = predict_raster(model, src, out, opts)
+            s = run(model, src, out, opts)
         except GeoRasterQuantError as exc:
             if len(inputs) == 1:
                 raise
@@ -210,7 +229,7 @@ def _run_all(model: Any, inputs: list[str], outputs: list[Path], output: str, op
             continue
         rows.append(s)
         click.echo(
-            f"{out}: {s['grid'][1]}x{s['grid'][0]} cells, {s['tiles_inferred']} of "
+            f"{s['output']}: {s['grid'][1]}x{s['grid'][0]} cells, {s['tiles_inferred']} of "
             f"{s['tiles_total']} tiles inferred in {s['seconds']:.1f} s "
             f"({s['mpx_per_s']:.1f} Mpx/s, peak {s['peak_rss_mb']:.0f} MB, {s['backend']})"
         )
