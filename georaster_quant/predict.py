@@ -57,7 +57,7 @@ def predict_grid(
     ``image`` is a path (opened with :func:`open_input`, so ``bands`` applies) or an open
     reader whose bands are already in the model's order.
     """
-    from tqdm.auto import tqdm
+    from georaster_quant.progress import progress_bar
 
     meta = backend.meta
     if isinstance(image, str | os.PathLike):
@@ -81,7 +81,7 @@ def predict_grid(
     confidence = np.zeros(grid.shape, dtype=np.float32)
     seconds: list[float] = []
     fill = np.asarray(meta.input.fill_values, dtype=np.float32)
-    with tqdm(total=len(grid), unit="tile", desc="predict", disable=not progress) as bar:
+    with progress_bar(total=len(grid), unit="tile", desc="predict", enabled=progress) as bar:
         for batch in iter_batches(reader, grid, fill, batch_size):
             t0 = time.perf_counter()
             probs = backend(batch.data)

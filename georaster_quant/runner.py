@@ -202,7 +202,7 @@ def predict_raster(
     ``model`` is a backend (run here) or an :class:`Inference`, e.g. a dask cluster's
     (:class:`georaster_quant.cluster.ClusterInference`).
     """
-    from tqdm.auto import tqdm
+    from georaster_quant.progress import progress_bar
 
     t0 = time.perf_counter()
     image = os.fspath(image)
@@ -225,8 +225,8 @@ def predict_raster(
         todo = [p for p in range(n_parts) if p not in journal.done()]
         rows = [r for p in todo for r in range(p * PART_ROWS, min((p + 1) * PART_ROWS, n_rows))]
         pending: dict[int, dict[str, np.ndarray]] = {}
-        bar = tqdm(
-            total=len(rows) * n_cols, unit="tile", desc=Path(image).name, disable=not opts.progress
+        bar = progress_bar(
+            total=len(rows) * n_cols, unit="tile", desc=Path(image).name, enabled=opts.progress
         )
         finished = inference.rows(image, reader, grid, rows, opts)
         try:

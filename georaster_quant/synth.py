@@ -515,7 +515,7 @@ def generate_scene(
     renderer = SceneRenderer(spec)
     common = dict(width=spec.width, height=spec.height, crs=CRS, transform=spec.transform, cog=cog)
     windows = list(iter_windows(spec.width, spec.height, chunk))
-    from tqdm.auto import tqdm
+    from georaster_quant.progress import progress_bar
 
     with (
         write_raster(
@@ -540,11 +540,11 @@ def generate_scene(
         labels.set_band_names(["class"])
         labels.update_tags(CLASSES=",".join(name for name, _ in CLASSES), SYNTH_SEED=spec.seed)
         labels.write_colormap(1, {i: rgb for i, (_, rgb) in enumerate(CLASSES)})
-        bar = tqdm(
+        bar = progress_bar(
             total=spec.width * spec.height,
             unit="px",
             unit_scale=True,
-            disable=not progress,
+            enabled=progress,
             desc="synth",
         )
         # Keep at most 2 x workers windows in flight so memory does not grow with the scene.
