@@ -18,14 +18,14 @@ import torch
 from _common import ort_runner, timings, torch_runner
 
 from georaster_quant.bundle import Bundle
-from georaster_quant.evaluate import evaluate
+from georaster_quant.evaluation import evaluate
 from georaster_quant.io import RasterReader
 from georaster_quant.model import ARCHITECTURES, count_macs
 from georaster_quant.predict import predict_grid
 from georaster_quant.quantize import QuantConfig, quantize, quiet
 from georaster_quant.sampling import sample_tiles
 from georaster_quant.synth import SceneSpec, generate_scene
-from georaster_quant.train import TrainConfig, train
+from georaster_quant.training import TrainConfig, train
 
 
 class ModuleBackend:

@@ -20,10 +20,10 @@ from _common import ort_runner, timings, torch_runner
 
 from georaster_quant.bundle import Bundle
 from georaster_quant.calibration import choose_calibration_tiles
-from georaster_quant.evaluate import evaluate
+from georaster_quant.evaluation import evaluate
 from georaster_quant.quantized_bundle import QuantizeOptions, quantize_bundle
 from georaster_quant.synth import SceneSpec, generate_scene
-from georaster_quant.train import TrainConfig, train
+from georaster_quant.training import TrainConfig, train
 
 QUANT_TYPES = ("fp16", "dynamic_int8", "static_int8", "per_channel_int8", "qat_int8")
 

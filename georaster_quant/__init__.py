@@ -33,11 +33,11 @@ _EXPORTS = {
     "RasterReader": "georaster_quant.io",
     "SceneSpec": "georaster_quant.synth",
     "TileGrid": "georaster_quant.tiling",
-    "TrainConfig": "georaster_quant.train",
+    "TrainConfig": "georaster_quant.training",
     "Window": "georaster_quant.tiling",
     "dask_client": "georaster_quant.cluster",
     "disagreement_map": "georaster_quant.predict",
-    "evaluate": "georaster_quant.evaluate",
+    "evaluate": "georaster_quant.evaluation",
     "export_bundle": "georaster_quant.export",
     "generate_scene": "georaster_quant.synth",
     "open_backend": "georaster_quant.backend",
@@ -45,7 +45,7 @@ _EXPORTS = {
     "predict_grid": "georaster_quant.predict",
     "predict_raster": "georaster_quant.runner",
     "quantize_bundle": "georaster_quant.quantized_bundle",
-    "train": "georaster_quant.train",
+    "train": "georaster_quant.training",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

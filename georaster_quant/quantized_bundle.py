@@ -178,7 +178,7 @@ def _fine_tuner(split: LabelledSplit | None, fill: np.ndarray, opts: QuantizeOpt
     def fine_tune(prepared: Any, freeze_hook: Any) -> None:
         import torch
 
-        from georaster_quant.train import run_epoch
+        from georaster_quant.training import run_epoch
 
         torch.manual_seed(opts.seed)
         opt = torch.optim.AdamW(prepared.parameters(), lr=1e-4, weight_decay=1e-5)

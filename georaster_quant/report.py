@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from georaster_quant.evaluate import ModelScore
+from georaster_quant.evaluation import ModelScore
 from georaster_quant.io import atomic_path, check_output_path, read_info, write_raster
 from georaster_quant.predict import NODATA_CLASS, disagreement_map
 from georaster_quant.tiling import Window

@@ -31,7 +31,7 @@ def trained_bundle(small_scene: tuple[Path, Path], tmp_path_factory) -> Path:
     """One small FP32 bundle trained on :func:`small_scene`; read-only for the tests."""
 
     def make() -> Path:
-        from georaster_quant.train import TrainConfig, train
+        from georaster_quant.training import TrainConfig, train
 
         out = tmp_path_factory.mktemp("bundle") / "small"
         result = train(*small_scene, out, TrainConfig(**SMALL_TRAIN), progress=False)

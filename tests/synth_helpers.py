@@ -4,7 +4,7 @@ Test modules import these with ``from synth_helpers import ...``; the fixtures b
 live in ``conftest_synth.py``, which test modules load with ``pytest_plugins``.
 
 Everything here is real: scenes come from :func:`georaster_quant.synth.generate_scene`,
-variants are written with rasterio, the bundle is trained by :func:`georaster_quant.train.train`.
+variants are written with rasterio, the bundle is trained by :func:`georaster_quant.training.train`.
 """
 
 from __future__ import annotations

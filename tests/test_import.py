@@ -35,3 +35,18 @@ def test_lazy_exports_resolve():
 
     for name in gq.__all__:
         assert getattr(gq, name) is not None
+
+
+def test_exports_stay_the_named_objects_after_their_modules_load():
+    """No export is shadowed by a submodule of the same name, however often it is used."""
+    import inspect
+
+    import georaster_quant as gq
+    import georaster_quant.cli.demo  # noqa: F401  (imports the training and evaluation code)
+
+    for _ in range(2):
+        for name in gq.__all__:
+            value = getattr(gq, name)
+            assert not inspect.ismodule(value), f"gq.{name} is a module"
+            if name != "__version__":
+                assert value.__name__ == name

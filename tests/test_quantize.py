@@ -31,7 +31,7 @@ from georaster_quant.io import RasterReader
 from georaster_quant.model import BandNormalize
 from georaster_quant.quantize import QuantConfig
 from georaster_quant.sampling import sample_tiles
-from georaster_quant.train import run_epoch
+from georaster_quant.training import run_epoch
 
 #: Shared session fixtures (small_scene, trained_bundle, ...): see conftest_synth.py.
 pytest_plugins = ["conftest_synth"]

@@ -13,10 +13,10 @@ from synth_helpers import SMALL_TRAIN, make_scene, read, write_labels_like
 from georaster_quant import errors
 from georaster_quant.baseline import SpectralMeanClassifier, tile_means
 from georaster_quant.bundle import Bundle, read_meta
-from georaster_quant.evaluate import cell_labels, evaluate
+from georaster_quant.evaluation import cell_labels, evaluate
 from georaster_quant.io import RasterReader
 from georaster_quant.sampling import majority_labels, sample_tiles, spatial_split
-from georaster_quant.train import TrainConfig, train
+from georaster_quant.training import TrainConfig, train
 
 NUM_CLASSES = 6
 
@@ -300,7 +300,7 @@ def test_edge_cells_narrower_than_half_a_cell_are_scored(tmp_path) -> None:
     import rasterio
     from affine import Affine
 
-    from georaster_quant.evaluate import cell_labels
+    from georaster_quant.evaluation import cell_labels
     from georaster_quant.io import RasterReader
 
     labels = np.zeros((20, 37), dtype="uint8")  # stride 16: last row 4 px, last column 5 px

@@ -41,10 +41,10 @@ def command(output: str, size: int, epochs: int, seed: int, quiet: bool) -> None
       georaster-quant demo --output runs/demo
     """
     from georaster_quant.cli.evaluate import format_results
-    from georaster_quant.evaluate import evaluate
+    from georaster_quant.evaluation import evaluate
     from georaster_quant.io import atomic_path
     from georaster_quant.synth import SceneSpec, generate_scene
-    from georaster_quant.train import TrainConfig, train
+    from georaster_quant.training import TrainConfig, train
 
     out = Path(output)
     progress = show_progress(quiet)

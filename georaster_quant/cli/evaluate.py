@@ -97,7 +97,7 @@ def command(
           --image data/test/scene.tif --labels data/test/labels.tif --json eval.json \\
           --report runs/report
     """
-    from georaster_quant.evaluate import score_models
+    from georaster_quant.evaluation import score_models
     from georaster_quant.io import atomic_path, check_output_path
 
     if json_path:

@@ -14,7 +14,7 @@ from georaster_quant.cli.options import (
     show_progress,
 )
 from georaster_quant.normalize import MODES
-from georaster_quant.train import TrainConfig
+from georaster_quant.training import TrainConfig
 
 _D = TrainConfig()
 
@@ -112,7 +112,7 @@ def command(
           --output runs/best
       georaster-quant train --config configs/train.yaml --epochs 5
     """
-    from georaster_quant.train import train
+    from georaster_quant.training import train
 
     cfg = TrainConfig(threads=workers, **options)  # type: ignore[arg-type]
     result = train(image, labels, output, cfg, overwrite=overwrite, progress=show_progress(quiet))

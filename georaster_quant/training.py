@@ -180,9 +180,9 @@ def train(
 ) -> TrainResult:
     """Train a GeoRasterCNN on ``image`` with ``labels`` and write an FP32 bundle."""
     import torch
-    from tqdm.auto import tqdm
 
     from georaster_quant.model import GeoRasterCNN, resolve_arch
+    from georaster_quant.progress import progress_bar
 
     cfg = config or TrainConfig()
     cfg.check()
@@ -257,7 +257,7 @@ def train(
     )
     best_acc, best_state, stale = -1.0, None, 0
     history: list[dict[str, float]] = []
-    bar = tqdm(range(cfg.epochs), desc="train", unit="epoch", disable=not progress)
+    bar = progress_bar(range(cfg.epochs), desc="train", unit="epoch", enabled=progress)
     for epoch in bar:
         loss = run_epoch(model, opt, train_set, fill, cfg.batch_size, rng, sched=sched)
         acc = _accuracy(model, val_set, fill)
