@@ -340,6 +340,10 @@ class Bundle:
             ) from None
         self.model = model.eval()
 
+    def __fspath__(self) -> str:
+        """The bundle folder, so a loaded bundle goes wherever a path to one does."""
+        return os.fspath(self.path)
+
     @property
     def size_bytes(self) -> int:
         """Bytes of the weight file on disk."""

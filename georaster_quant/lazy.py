@@ -109,8 +109,8 @@ def predict_dataarray(
     in percent if asked for; coordinates, transform and CRS are set, so
     ``ds["class"].rio.to_raster("map.tif")`` writes a georeferenced map. Nothing is computed
     until ``.compute()``/``.load()``/``to_raster`` (on a dask.distributed client if one is
-    active). ``weights`` (a bundle folder or exported file) must be readable at the same path
-    by every worker.
+    active). ``weights`` (a bundle folder, a loaded :class:`~georaster_quant.bundle.Bundle`
+    or an exported file) must be readable at the same path by every worker.
     """
     import dask.array as dsa
     import rioxarray  # noqa: F401 - registers .rio
@@ -145,7 +145,7 @@ def predict_dataarray(
     out = dsa.map_overlap(
         functools.partial(
             _classify_block,
-            weights=os.path.abspath(weights),
+            weights=os.path.abspath(os.fspath(weights)),
             backend=backend,
             grid=grid,
             row_starts=row_starts,
@@ -179,6 +179,7 @@ def predict_dataarray(
         "class_names": names,
         "flag_values": list(range(k)),
         "flag_meanings": " ".join(n.replace(" ", "_") for n in names),
+        "class_colors": [list(c.color) for c in meta.classes],
     }
     variables = {
         "class": xr.DataArray(out[0], dims=("y", "x"), coords=coords, attrs=class_attrs),

@@ -12,6 +12,7 @@ from synth_helpers import run_cli
 import georaster_quant.accessor  # noqa: F401 - registers .gq
 from georaster_quant import backend as backend_module
 from georaster_quant.backend import open_backend
+from georaster_quant.bundle import Bundle
 from georaster_quant.errors import BandMismatchError
 from georaster_quant.lazy import predict_dataarray
 from georaster_quant.predict import NODATA_CLASS, disagreement_map, predict_grid
@@ -72,6 +73,11 @@ def test_numpy_backed_array_and_accessor(trained_bundle, small_scene, tmp_path):
     ds = da.gq.predict(trained_bundle, stride=32, chunks=128)
     np.testing.assert_array_equal(ds["class"].values, ref[0])
     np.testing.assert_array_equal(ds["confidence"].values, ref[1])
+    # A loaded Bundle goes wherever its folder does.
+    bundle = Bundle(trained_bundle)
+    again = da.gq.predict(bundle, stride=32, chunks=128)
+    np.testing.assert_array_equal(again["class"].values, ref[0])
+    assert again["class"].attrs["class_colors"] == [list(c.color) for c in bundle.meta.classes]
 
 
 def test_to_raster_writes_the_cli_map(capsys, trained_bundle, small_scene, tmp_path):
