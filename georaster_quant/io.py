@@ -117,7 +117,7 @@ def to_physical(
     raw: np.ndarray, scale_offset: tuple[np.ndarray, np.ndarray] | None = None
 ) -> np.ndarray:
     """Raw band values to float32 physical values (GDAL scale and offset per band)."""
-    data = raw.astype(np.float32)
+    data = raw.astype(np.float32, order="C")  # tiles may be strided views
     if scale_offset is not None:
         scales, offsets = scale_offset
         data = (data * scales[:, None, None] + offsets[:, None, None]).astype(np.float32)

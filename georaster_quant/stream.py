@@ -142,32 +142,30 @@ def batch_strips(
     pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     count = 0
     for row, raw, valid in strips:
-        vtiles = tiles_from_strip(valid, grid)
-        filled = to_physical(tiles_from_strip(raw, grid))  # the one float32 copy
-        np.copyto(filled, np.broadcast_to(fill, filled.shape), where=~vtiles[:, None])
-        cols = col0 + np.arange(filled.shape[0])
-        frac = cell_valid_fraction(vtiles, grid, row, col0)
-        pending.append((np.full_like(cols, row), cols, filled, frac))
-        count += len(cols)
-        while count >= batch_size:
-            yield _take(pending, batch_size)
-            count -= batch_size
+        raw_tiles, valid_tiles = tiles_from_strip(raw, grid), tiles_from_strip(valid, grid)
+        # Convert only what the current batch still needs: float32 copies stay batch-sized,
+        # not row-sized, and a batch within one row needs no further copy.
+        c = 0
+        while c < len(raw_tiles):
+            n = min(batch_size - count, len(raw_tiles) - c)
+            vtiles = valid_tiles[c : c + n]
+            filled = to_physical(raw_tiles[c : c + n])  # the one float32 copy
+            np.copyto(filled, np.broadcast_to(fill, filled.shape), where=~vtiles[:, None])
+            cols = col0 + c + np.arange(n)
+            frac = cell_valid_fraction(vtiles, grid, row, col0 + c)
+            pending.append((np.full_like(cols, row), cols, filled, frac))
+            count += n
+            c += n
+            if count == batch_size:
+                yield _batch(pending)
+                pending, count = [], 0
     if count:
-        yield _take(pending, count)
+        yield _batch(pending)
 
 
-def _take(pending: list[tuple[np.ndarray, ...]], n: int) -> TileBatch:
-    parts: list[list[np.ndarray]] = [[], [], [], []]
-    need = n
-    while need:
-        head = pending[0]
-        k = min(need, len(head[0]))
-        for i in range(4):
-            parts[i].append(head[i][:k])
-        if k == len(head[0]):
-            pending.pop(0)
-        else:
-            pending[0] = tuple(a[k:] for a in head)
-        need -= k
-    rows, cols, data, frac = (np.concatenate(p) for p in parts)
-    return TileBatch(rows, cols, np.ascontiguousarray(data, dtype=np.float32), frac)
+def _batch(pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> TileBatch:
+    """One batch from consecutive pieces of rows (copied only when there are several)."""
+    if len(pieces) == 1:
+        return TileBatch(*pieces[0])
+    rows, cols, data, frac = (np.concatenate(p) for p in zip(*pieces, strict=True))
+    return TileBatch(rows, cols, data, frac)
