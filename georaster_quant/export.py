@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,14 +95,66 @@ def read_exported_meta(path: str | os.PathLike[str]) -> BundleMeta:
 
 
 def onnx_metadata(path: Path) -> dict[str, str]:
-    """Metadata properties of an ONNX file (the graph is read, not run)."""
-    import onnx
+    """Metadata properties of an ONNX file, read from its protobuf wire format.
 
+    Neither ``onnx`` nor a runtime session is needed: importing ``onnx`` alone takes about
+    0.6 s here (its ``ml_dtypes`` dependency), which every ``predict`` would pay. Only the
+    top level of the ``ModelProto`` is walked; the graph is skipped, not parsed.
+    """
     try:
-        model = onnx.load(os.fspath(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - onnx raises several unrelated types
-        raise BundleError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
-    return {p.key: p.value for p in model.metadata_props}
+        props, has_graph = {}, False
+        for number, value in _proto_fields(Path(path).read_bytes()):
+            has_graph |= number == _ONNX_GRAPH
+            if number == _ONNX_METADATA_PROPS:  # StringStringEntryProto: key 1, value 2
+                entry = {n: bytes(v).decode() for n, v in _proto_fields(value) if n in (1, 2)}
+                props[entry.get(1, "")] = entry.get(2, "")
+        if not has_graph:
+            raise ValueError("no graph")
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: not a readable ONNX model ({exc})") from None
+    return props
+
+
+#: ``ModelProto`` field numbers (onnx.proto): the graph and the metadata properties.
+_ONNX_GRAPH, _ONNX_METADATA_PROPS = 7, 14
+
+
+def _proto_fields(data: bytes | memoryview) -> Iterator[tuple[int, Any]]:
+    """``(field number, value)`` of one protobuf message; length-delimited values as views."""
+    view, pos, end = memoryview(data), 0, len(data)
+
+    def varint() -> int:
+        nonlocal pos
+        result = shift = 0
+        while True:
+            if pos >= end or shift > 63:
+                raise ValueError("truncated or malformed protobuf")
+            byte = view[pos]
+            pos += 1
+            result |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return result
+
+    while pos < end:
+        key = varint()
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise ValueError("malformed protobuf (field number 0)")
+        if wire == 0:
+            yield number, varint()
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            yield number, view[pos : pos + size]
+            pos += size
+        elif wire == 2:
+            size = varint()
+            yield number, view[pos : pos + size]
+            pos += size
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        if pos > end:
+            raise ValueError("truncated protobuf")
 
 
 def _torchscript_metadata(path: Path) -> dict[str, str]:

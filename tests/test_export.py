@@ -18,7 +18,7 @@ from synth_helpers import run_cli
 from georaster_quant import errors
 from georaster_quant.backend import open_backend
 from georaster_quant.bundle import Bundle
-from georaster_quant.export import export_bundle, read_exported_meta
+from georaster_quant.export import export_bundle, onnx_metadata, read_exported_meta
 from georaster_quant.quantized_bundle import QuantizeOptions, quantize_bundle
 
 pytest_plugins = ["conftest_synth"]
@@ -66,6 +66,7 @@ def test_exported_files_carry_the_metadata(exported, trained_bundle, int8_bundle
         onnx.checker.check_model(model)
         assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
         props = {p.key: p.value for p in model.metadata_props}
+        assert onnx_metadata(path) == props  # our wire-format reader agrees with onnx's
         assert props["quant_type"] == source.quant_type
         assert json.loads(props["fill_values"]) == source.input.fill_values
         assert json.loads(props["georaster_quant.export"])["source_weights_sha256"] == (
@@ -146,20 +147,37 @@ print(json.dumps({{"onnx": onnx_dec.tolist(), "torchscript": ts_dec.tolist()}}))
         assert (np.array(got[name]) == ref).mean() >= (1.0 if kind == "fp32" else 15 / 16), name
 
 
-def test_onnxruntime_backend_does_not_import_torch(exported, raw_tiles, tmp_path):
+def test_onnxruntime_backend_imports_neither_torch_nor_onnx(
+    exported, bundle_copy, raw_tiles, tmp_path
+):
+    """Start-up counts in every batch job: torch and the onnx package are not loaded."""
     path = exported("fp32", "onnx")
+    export_bundle(bundle_copy, "onnx")
     np.save(tmp_path / "x.npy", raw_tiles[:4])
     code = (
         "import sys, numpy as np\n"
-        "from georaster_quant.backend import open_backend\n"
-        f"b = open_backend({str(path)!r})\n"
-        f"p = b(np.load({str(tmp_path / 'x.npy')!r}))\n"
-        "assert p.shape == (4, 6) and np.allclose(p.sum(1), 1, atol=1e-5)\n"
-        "print('torch' in sys.modules)\n"
+        "from georaster_quant.backend import open_backend, read_model_meta\n"
+        f"read_model_meta({str(path)!r})\n"
+        f"for w in ({str(path)!r}, {str(bundle_copy)!r}):\n"
+        "    b = open_backend(w)\n"
+        "    assert b.name == 'onnxruntime'\n"
+        f"    p = b(np.load({str(tmp_path / 'x.npy')!r}))\n"
+        "    assert p.shape == (4, 6) and np.allclose(p.sum(1), 1, atol=1e-5)\n"
+        "print(sorted({'torch', 'onnx'} & set(sys.modules)))\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.strip() == "False"
+    assert res.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "damage", [lambda b: b"", lambda b: b[: len(b) // 2], lambda b: b"not an onnx file\n" * 8]
+)
+def test_unreadable_onnx_file_is_a_bundle_error(exported, tmp_path, damage):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(damage(exported("fp32", "onnx").read_bytes()))
+    with pytest.raises(errors.BundleError, match=r"bad.onnx: not a readable ONNX model"):
+        onnx_metadata(bad)
 
 
 def test_evaluate_and_info_take_exported_files(
