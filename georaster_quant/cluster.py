@@ -86,7 +86,9 @@ class ClusterInference:
         self.weights = _shared_path(weights)
         self.backend = backend
         self.meta = read_model_meta(weights)
-        self.name = f"{backend} on dask"  # replaced by the workers' backend once one reports
+        self.name = backend  # replaced by the workers' backend once one reports
+        workers = len(client.nthreads())
+        self.ran_on = f"dask {client.scheduler.address} ({workers} worker{'s' * (workers != 1)})"
 
     def rows(
         self, image: str, reader: Any, grid: TileGrid, rows: Sequence[int], opts: PredictOptions

@@ -119,6 +119,8 @@ class Inference(Protocol):
 
     name: str
     meta: BundleMeta
+    #: Where the rows run, for the run summary: "this process" or a dask scheduler's address.
+    ran_on: str
 
     def rows(
         self, image: str, reader: Any, grid: TileGrid, rows: Sequence[int], opts: PredictOptions
@@ -134,6 +136,7 @@ class LocalInference:
         self.backend = backend
         self.name = backend.name
         self.meta = backend.meta
+        self.ran_on = "this process"
 
     def rows(
         self, image: str, reader: Any, grid: TileGrid, rows: Sequence[int], opts: PredictOptions
@@ -257,6 +260,7 @@ def predict_raster(
         "weights_sha256": meta.weights_info.sha256,
         "quant_type": meta.quant_type,
         "backend": inference.name,
+        "ran_on": inference.ran_on,
         "stride": grid.step,
         "tile_size": grid.tile_size,
         "grid": list(grid.shape),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -72,6 +73,9 @@ def test_scheduler_map_equals_single_process(capsys, cluster, trained_bundle, sc
     np.testing.assert_array_equal(b[0], a[0])
     assert b[1:3] == a[1:3]
     assert b[3]["BACKEND"] == "torch"
+    summary = json.loads((tmp_path / "remote.tif.json").read_text())
+    assert summary["ran_on"] == f"dask {cluster.scheduler_address} (2 workers)"
+    assert f"torch on dask {cluster.scheduler_address}" in out
     # 40 rows in 8 tasks (2 threads x 4): both workers ran tasks, each loaded the model once.
     assert worker_loads(client) == {w: 1 for w in client.nthreads()}
     assert not (tmp_path / ".remote.tif.parts").exists()

@@ -231,7 +231,8 @@ def _run_all(
         click.echo(
             f"{s['output']}: {s['grid'][1]}x{s['grid'][0]} cells, {s['tiles_inferred']} of "
             f"{s['tiles_total']} tiles inferred in {s['seconds']:.1f} s "
-            f"({s['mpx_per_s']:.1f} Mpx/s, peak {s['peak_rss_mb']:.0f} MB, {s['backend']})"
+            f"({s['mpx_per_s']:.1f} Mpx/s, peak {s['peak_rss_mb']:.0f} MB, {s['backend']}"
+            + (f" on {s['ran_on']})" if s["ran_on"] != "this process" else ")")
         )
     if len(inputs) > 1:
         click.echo(f"\n{len(rows)} of {len(inputs)} maps written to {output}")
