@@ -145,6 +145,11 @@ class S3Output:
                 raise OutputPathError(f"{uri}: is the input raster itself; choose another output")
             if not overwrite and self._exists(self.prefix + out.name):
                 raise OutputPathError(f"{uri}: already exists (pass --overwrite to replace it)")
+            if not overwrite and self.staged(out):
+                raise OutputPathError(
+                    f"{uri}: a finished map of an earlier run waits for upload in {out.parent} "
+                    "(pass --resume to upload it, or --overwrite to rebuild it)"
+                )
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def staged(self, out: Path) -> bool:

@@ -285,6 +285,9 @@ def test_failed_upload_keeps_the_staged_map_and_resume_uploads_it(
     assert str(out.parent) in str(info.value) and "--resume" in str(info.value)
     assert out.is_file() and out.with_suffix(".qml").is_file()
     s3_bucket.create_bucket(Bucket="later")
+    code, stdout, err = _predict(capsys, trained_bundle, [small_scene[0]], uri)
+    assert_one_line_error(code, stdout, err, uri, "waits for upload", "--resume")
+    assert out.is_file()
 
     def rebuild(*args):
         raise AssertionError("--resume rebuilt a finished map instead of uploading it")
