@@ -42,6 +42,7 @@ def main() -> None:
     out = Path(args.out)
     data = out / "data"
     tr, te = data / "train_2048", data / "test_1536"
+    data.mkdir(parents=True, exist_ok=True)
     if not (tr / "scene.tif").exists():
         generate_scene(tr, SceneSpec(2048, 2048, 4, 0), progress=False, overwrite=True)
     if not (te / "scene.tif").exists():

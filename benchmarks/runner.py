@@ -105,8 +105,8 @@ def main() -> None:
     py = sys.executable
     cli = str(Path(py).with_name("georaster-quant"))
     # The same bundle with its ONNX export inside: `--backend auto` then runs ONNX Runtime.
-    # Exported in a child process: this process stays small, because a forked child's peak
-    # RSS (from wait4) starts at its parent's size.
+    # Exported in a child process: this process stays small, because a child's peak RSS (from
+    # wait4) includes its parent's size at the fork.
     with_onnx = out / "quant" / "patch4_per_channel_int8_with_onnx"
     if not (with_onnx / "model.onnx").exists():
         import shutil
@@ -121,10 +121,13 @@ def main() -> None:
     rows = []
     for size in map(int, args.sizes.split(",")):
         scene = out / "data" / f"synth_{size}" / "scene.tif"
-        if not scene.exists():
-            from georaster_quant.synth import SceneSpec, generate_scene
-
-            generate_scene(scene.parent, SceneSpec(size, size, 4, 1), progress=False)
+        if not scene.exists():  # in a child process too, for the same reason
+            scene.parent.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run(
+                [cli, "synth", str(scene.parent), "--width", str(size), "--height", str(size),
+                 "--seed", "1", "--overwrite", "-q"],
+                check=True,
+            )  # fmt: skip
         tiles = (size // 64) ** 2
         r = {"size": size, "tiles": tiles}
         r["read_s"], _, r["read_rss_mb"] = measure([py, "-c", READ, str(scene)])
