@@ -6,7 +6,7 @@ on as many tiles as the scene has (batch 32); ``predict_raster`` in-process; the
 ``georaster-quant predict`` command (start-up included); and a naive baseline (one windowed
 read per tile, batch-1 inference, the map kept in memory and written at the end).
 
-    python benchmarks/runner.py [--sizes 2048,8192,16384] [--naive-max 8192]
+    python benchmarks/runner.py [--sizes 2048,8192,16384] [--naive-max 8192] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -87,6 +89,35 @@ def measure(args: list[str], prints_seconds: bool = True) -> tuple[float, float,
     return inner, wall, usage.ru_maxrss / 1024
 
 
+def with_onnx_export(bundle: Path, copy: Path, cli: str) -> Path:
+    """A copy of ``bundle`` holding its ``model.onnx`` (exported by the CLI in a child)."""
+    if not (copy / "model.onnx").exists():
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(bundle, copy)
+        subprocess.run(
+            [cli, "export", "--weights", str(copy), "--format", "onnx"],
+            check=True,
+            capture_output=True,
+        )
+    return copy
+
+
+def stride16(scene: Path, bundles: dict[str, Path], cli: str, repeats: int) -> dict:
+    """FP32 against per-channel INT8 end to end at stride 16, both through ``auto``, alternated."""
+    seconds: dict[str, list[float]] = {name: [] for name in bundles}
+    for _ in range(repeats):
+        for name, bundle in bundles.items():
+            argv = [cli, "predict", "--weights", str(bundle), "--image", str(scene),
+                    "--output", f"/tmp/gq_bench_s16_{name}.tif", "--stride", "16",
+                    "--overwrite", "-q"]  # fmt: skip
+            seconds[name].append(measure(argv, prints_seconds=False)[1])
+    result = {f"{name}_s": statistics.median(v) for name, v in seconds.items()}
+    result["fp32_vs_int8"] = statistics.median(
+        f / i for f, i in zip(seconds["fp32"], seconds["int8"], strict=True)
+    )
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="benchmarks/results")
@@ -97,6 +128,7 @@ def main() -> None:
         default=8192,
         help="largest size the naive baseline runs on (it is slow)",
     )
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each measurement per size")
     args = ap.parse_args()
     out = Path(args.out)
     weights = out / "quant" / "types" / "patch4_per_channel_int8"
@@ -104,20 +136,12 @@ def main() -> None:
         sys.exit("run benchmarks/quantization.py first (it makes the INT8 bundle)")
     py = sys.executable
     cli = str(Path(py).with_name("georaster-quant"))
-    # The same bundle with its ONNX export inside: `--backend auto` then runs ONNX Runtime.
+    # The bundles with their ONNX export inside: `--backend auto` then runs ONNX Runtime.
     # Exported in a child process: this process stays small, because a child's peak RSS (from
     # wait4) includes its parent's size at the fork.
-    with_onnx = out / "quant" / "patch4_per_channel_int8_with_onnx"
-    if not (with_onnx / "model.onnx").exists():
-        import shutil
-
-        shutil.rmtree(with_onnx, ignore_errors=True)
-        shutil.copytree(weights, with_onnx)
-        subprocess.run(
-            [cli, "export", "--weights", str(with_onnx), "--format", "onnx"],
-            check=True,
-            capture_output=True,
-        )
+    quant = out / "quant"
+    with_onnx = with_onnx_export(weights, quant / "patch4_per_channel_int8_with_onnx", cli)
+    fp32_with_onnx = with_onnx_export(quant / "patch4", quant / "patch4_with_onnx", cli)
     rows = []
     for size in map(int, args.sizes.split(",")):
         scene = out / "data" / f"synth_{size}" / "scene.tif"
@@ -129,39 +153,59 @@ def main() -> None:
                 check=True,
             )  # fmt: skip
         tiles = (size // 64) ** 2
-        r = {"size": size, "tiles": tiles}
-        r["read_s"], _, r["read_rss_mb"] = measure([py, "-c", READ, str(scene)])
-        r["model_s"], _, r["model_rss_mb"] = measure([py, "-c", MODEL, str(weights), str(tiles)])
-        r["inprocess_s"], _, r["inprocess_rss_mb"] = measure(
-            [py, "-c", INPROCESS, str(weights), str(scene), f"/tmp/gq_bench_{size}.tif"]
-        )
         command = [cli, "predict", "--image", str(scene), "--overwrite", "-q"]
-        _, r["command_s"], r["command_rss_mb"] = measure(
-            [
-                *command,
-                "--weights",
-                str(weights),
-                "--backend",
-                "torch",
-                "--output",
-                f"/tmp/gq_bench_cmd_{size}.tif",
-            ],
-            prints_seconds=False,
-        )
-        _, r["command_ort_s"], r["command_ort_rss_mb"] = measure(
-            [*command, "--weights", str(with_onnx), "--output", f"/tmp/gq_bench_ort_{size}.tif"],
-            prints_seconds=False,
-        )
+        runs = {  # name: (arguments, whether the child prints its own seconds)
+            "read": ([py, "-c", READ, str(scene)], True),
+            "model": ([py, "-c", MODEL, str(weights), str(tiles)], True),
+            "inprocess": (
+                [py, "-c", INPROCESS, str(weights), str(scene), f"/tmp/gq_bench_{size}.tif"],
+                True,
+            ),
+            "command": (
+                [*command, "--weights", str(weights), "--backend", "torch",
+                 "--output", f"/tmp/gq_bench_cmd_{size}.tif"],
+                False,
+            ),
+            "command_ort": (
+                [*command, "--weights", str(with_onnx),
+                 "--output", f"/tmp/gq_bench_ort_{size}.tif"],
+                False,
+            ),
+        }  # fmt: skip
+        # Every repetition runs each measurement once, in turn, so a ratio compares runs made
+        # close together; ratios are the median over repetitions, peak RSS the largest seen.
+        seconds: dict[str, list[float]] = {name: [] for name in runs}
+        rss: dict[str, float] = dict.fromkeys(runs, 0.0)
+        for _ in range(args.repeats):
+            for name, (argv, prints) in runs.items():
+                inner, wall, peak = measure(argv, prints_seconds=prints)
+                seconds[name].append(inner if prints else wall)
+                rss[name] = max(rss[name], peak)
+        r = {"size": size, "tiles": tiles, "repeats": args.repeats}
+        for name in runs:
+            r[f"{name}_s"] = statistics.median(seconds[name])
+            r[f"{name}_rss_mb"] = rss[name]
         if size <= args.naive_max:
             r["naive_s"], _, r["naive_rss_mb"] = measure(
                 [py, "-c", NAIVE, str(weights), str(scene), f"/tmp/gq_naive_{size}.tif"]
             )
-        r["command_vs_read"] = r["command_s"] / r["read_s"]
-        r["command_ort_vs_read"] = r["command_ort_s"] / r["read_s"]
-        r["inprocess_vs_floors"] = r["inprocess_s"] / (r["read_s"] + r["model_s"])
+
+        def ratio(a: list[float], b: list[float]) -> float:
+            return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+        r["command_vs_read"] = ratio(seconds["command"], seconds["read"])
+        r["command_ort_vs_read"] = ratio(seconds["command_ort"], seconds["read"])
+        floors = [x + y for x, y in zip(seconds["read"], seconds["model"], strict=True)]
+        r["inprocess_vs_floors"] = ratio(seconds["inprocess"], floors)
         rows.append(r)
         print(json.dumps(r), flush=True)
-    (out / "runner.json").write_text(json.dumps(rows, indent=2))
+    s16 = stride16(
+        out / "data" / "synth_2048" / "scene.tif",
+        {"fp32": fp32_with_onnx, "int8": with_onnx},
+        cli,
+        args.repeats,
+    )
+    (out / "runner.json").write_text(json.dumps({"sizes": rows, "stride16": s16}, indent=2))
     print(
         "\n| size | read (1 thread) s | model alone s | predict in-process s | command, torch s "
         "| command, auto (ONNX Runtime) s | naive s | torch cmd / read | ORT cmd / read | "
@@ -177,6 +221,10 @@ def main() -> None:
             f"{r['inprocess_vs_floors']:.2f} | {r['command_rss_mb']:.0f} | "
             f"{r['command_ort_rss_mb']:.0f} |"
         )
+    print(
+        f"\n2048², --stride 16, both through auto (ONNX Runtime): FP32 {s16['fp32_s']:.2f} s, "
+        f"per-channel INT8 {s16['int8_s']:.2f} s, FP32 / INT8 = {s16['fp32_vs_int8']:.2f}x"
+    )
 
 
 if __name__ == "__main__":
