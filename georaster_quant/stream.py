@@ -36,21 +36,14 @@ class RowBuffer:
 
     def rows(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
         """Raw values and validity of raster rows ``[r0, r1)`` (rows only move down)."""
-        end = self.start + self.size
-        if r0 >= end:
+        if r0 >= self.start + self.size:
             self.start, self.size = r0, 0
-        elif r0 > self.start:  # drop rows no later strip needs; keep the rest at the top
-            keep, off = end - r0, r0 - self.start
-            for band in self.raw:  # band by band: the overlapping move's temporary stays small
-                band[:keep] = band[off : self.size]
-            self.valid[:keep] = self.valid[off : self.size].copy()
-            self.start, self.size = r0, keep
         end = self.start + self.size
         if r1 > end:
-            height = self.reader.info.height
-            stop = min(
-                height, -(-r1 // self.block_rows) * self.block_rows, self.start + self.raw.shape[1]
-            )
+            stop = min(self.reader.info.height, -(-r1 // self.block_rows) * self.block_rows)
+            if stop - self.start > self.raw.shape[1]:
+                self._drop_before(r0)  # only when the next read needs the room
+            stop = min(stop, self.start + self.raw.shape[1])
             n = stop - end
             window = Window(end, 0, n, self.reader.info.width)
             _, valid = self.reader.read_raw(window, out=self.raw[:, self.size : self.size + n])
@@ -58,6 +51,15 @@ class RowBuffer:
             self.size += n
         lo, hi = r0 - self.start, r1 - self.start
         return self.raw[:, lo:hi], self.valid[lo:hi]
+
+    def _drop_before(self, r0: int) -> None:
+        """Drop rows above ``r0`` (no later strip needs them); keep the rest at the top."""
+        end = self.start + self.size
+        keep, off = end - r0, r0 - self.start
+        for band in self.raw:  # band by band: the overlapping move's temporary stays small
+            band[:keep] = band[off : self.size]
+        self.valid[:keep] = self.valid[off : self.size].copy()
+        self.start, self.size = r0, keep
 
 
 def iter_row_strips(
