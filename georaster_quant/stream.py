@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from georaster_quant.errors import ConfigError
 from georaster_quant.io import RasterReader
 from georaster_quant.tiling import TileGrid, Window, mirror_take, source_window, tiles_from_strip
 
@@ -19,9 +20,9 @@ from georaster_quant.tiling import TileGrid, Window, mirror_take, source_window,
 class RowBuffer:
     """Full-width raster rows kept raw (the file's dtype) in one preallocated array.
 
-    Rows are read in chunks that end on block-row boundaries, straight into the buffer, and
-    dropped once no later strip needs them; memory is ``capacity x width x bands`` raw values
-    whatever the raster's height.
+    Rows are read in chunks that end on block-row boundaries, straight into the buffer; rows no
+    later strip needs are dropped when the next read needs their room (one move per block
+    row). Memory is ``capacity x width x bands`` raw values whatever the raster's height.
     """
 
     def __init__(self, reader: RasterReader, capacity: int):
@@ -140,6 +141,8 @@ def batch_strips(
     streaming reader, one block's columns for the lazy dask path), raw values in the file's
     dtype; ``to_physical`` turns them into float32 physical values.
     """
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, not {batch_size}")
     fill = np.asarray(fill_values, dtype=np.float32)[:, None, None]
     pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     count = 0
