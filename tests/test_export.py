@@ -171,7 +171,14 @@ def test_onnxruntime_backend_imports_neither_torch_nor_onnx(
 
 
 @pytest.mark.parametrize(
-    "damage", [lambda b: b"", lambda b: b[: len(b) // 2], lambda b: b"not an onnx file\n" * 8]
+    "damage",
+    [
+        lambda b: b"",
+        lambda b: b[: len(b) // 2],
+        lambda b: b"not an onnx file\n" * 8,
+        lambda b: b"\x70\x05" + b,  # metadata_props (field 14) as a number
+        lambda b: b"\x72\x02\x08\x05" + b,  # a metadata key as a number
+    ],
 )
 def test_unreadable_onnx_file_is_a_bundle_error(exported, tmp_path, damage):
     bad = tmp_path / "bad.onnx"
