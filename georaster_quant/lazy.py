@@ -179,7 +179,7 @@ def predict_dataarray(
         "class_names": names,
         "flag_values": list(range(k)),
         "flag_meanings": " ".join(n.replace(" ", "_") for n in names),
-        "class_colors": [list(c.color) for c in meta.classes],
+        "class_colors": ["#{:02x}{:02x}{:02x}".format(*c.color) for c in meta.classes],
     }
     variables = {
         "class": xr.DataArray(out[0], dims=("y", "x"), coords=coords, attrs=class_attrs),

@@ -77,7 +77,12 @@ def test_numpy_backed_array_and_accessor(trained_bundle, small_scene, tmp_path):
     bundle = Bundle(trained_bundle)
     again = da.gq.predict(bundle, stride=32, chunks=128)
     np.testing.assert_array_equal(again["class"].values, ref[0])
-    assert again["class"].attrs["class_colors"] == [list(c.color) for c in bundle.meta.classes]
+    colors = again["class"].attrs["class_colors"]
+    assert colors[0] == "#{:02x}{:02x}{:02x}".format(*bundle.meta.classes[0].color)
+    assert all(len(c) == 7 and c.startswith("#") for c in colors)
+    # netCDF attributes must be scalars or 1-D: the Dataset can be written with to_netcdf.
+    for var in again.data_vars.values():
+        assert all(np.ndim(v) <= 1 for v in var.attrs.values()), var.attrs
 
 
 def test_to_raster_writes_the_cli_map(capsys, trained_bundle, small_scene, tmp_path):
