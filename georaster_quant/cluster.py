@@ -87,8 +87,7 @@ class ClusterInference:
         self.backend = backend
         self.meta = read_model_meta(weights)
         self.name = backend  # replaced by the workers' backend once one reports
-        workers = len(client.nthreads())
-        self.ran_on = f"dask {client.scheduler.address} ({workers} worker{'s' * (workers != 1)})"
+        self.ran_on = f"dask {client.scheduler.address}"  # with its workers once rows() runs
 
     def rows(
         self, image: str, reader: Any, grid: TileGrid, rows: Sequence[int], opts: PredictOptions
@@ -96,7 +95,12 @@ class ClusterInference:
         """Submit ``rows`` in tasks; yield each row as its task comes back."""
         from distributed import as_completed
 
-        threads = sum(self.client.nthreads().values()) or 1
+        nthreads = self.client.nthreads()
+        threads = sum(nthreads.values()) or 1
+        workers = len(nthreads)
+        self.ran_on = (
+            f"dask {self.client.scheduler.address} ({workers} worker{'s' * (workers != 1)})"
+        )
         size = max(1, -(-len(rows) // (threads * TASKS_PER_THREAD)))
         futures = [
             self.client.submit(

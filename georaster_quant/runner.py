@@ -114,12 +114,16 @@ class Journal:
             return {k: z[k] for k in z.files}
 
 
+#: ``ran_on`` of a run classified in this process.
+THIS_PROCESS = "this process"
+
+
 class Inference(Protocol):
     """Where the tiles of a run are classified: this process, or a dask cluster."""
 
     name: str
     meta: BundleMeta
-    #: Where the rows run, for the run summary: "this process" or a dask scheduler's address.
+    #: Where the rows ran, for the run summary: :data:`THIS_PROCESS` or a dask scheduler.
     ran_on: str
 
     def rows(
@@ -136,7 +140,7 @@ class LocalInference:
         self.backend = backend
         self.name = backend.name
         self.meta = backend.meta
-        self.ran_on = "this process"
+        self.ran_on = THIS_PROCESS
 
     def rows(
         self, image: str, reader: Any, grid: TileGrid, rows: Sequence[int], opts: PredictOptions

@@ -209,7 +209,7 @@ def _run_all(
 ) -> None:
     """One map per input; a bad input is reported and skipped (exit 2 at the end)."""
     from georaster_quant.errors import GeoRasterQuantError
-    from georaster_quant.runner import journal_exists, predict_raster
+    from georaster_quant.runner import THIS_PROCESS, journal_exists, predict_raster
 
     run = remote.publishing(predict_raster) if remote else predict_raster
     failed: list[tuple[str, str]] = []
@@ -232,7 +232,7 @@ def _run_all(
             f"{s['output']}: {s['grid'][1]}x{s['grid'][0]} cells, {s['tiles_inferred']} of "
             f"{s['tiles_total']} tiles inferred in {s['seconds']:.1f} s "
             f"({s['mpx_per_s']:.1f} Mpx/s, peak {s['peak_rss_mb']:.0f} MB, {s['backend']}"
-            + (f" on {s['ran_on']})" if s["ran_on"] != "this process" else ")")
+            + (f" on {s['ran_on']})" if s.get("ran_on", THIS_PROCESS) != THIS_PROCESS else ")")
         )
     if len(inputs) > 1:
         click.echo(f"\n{len(rows)} of {len(inputs)} maps written to {output}")
