@@ -89,6 +89,19 @@ def measure(args: list[str], prints_seconds: bool = True) -> tuple[float, float,
     return inner, wall, usage.ru_maxrss / 1024
 
 
+def synth_scene(out: Path, size: int, cli: str) -> Path:
+    """The benchmark's ``size``² synthetic scene, made by the CLI in a child process."""
+    scene = out / "data" / f"synth_{size}" / "scene.tif"
+    if not scene.exists():
+        scene.parent.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [cli, "synth", str(scene.parent), "--width", str(size), "--height", str(size),
+             "--seed", "1", "--overwrite", "-q"],
+            check=True,
+        )  # fmt: skip
+    return scene
+
+
 def with_onnx_export(bundle: Path, copy: Path, cli: str) -> Path:
     """A copy of ``bundle`` holding its ``model.onnx`` (exported by the CLI in a child)."""
     if not (copy / "model.onnx").exists():
@@ -144,14 +157,7 @@ def main() -> None:
     fp32_with_onnx = with_onnx_export(quant / "patch4", quant / "patch4_with_onnx", cli)
     rows = []
     for size in map(int, args.sizes.split(",")):
-        scene = out / "data" / f"synth_{size}" / "scene.tif"
-        if not scene.exists():  # in a child process too, for the same reason
-            scene.parent.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run(
-                [cli, "synth", str(scene.parent), "--width", str(size), "--height", str(size),
-                 "--seed", "1", "--overwrite", "-q"],
-                check=True,
-            )  # fmt: skip
+        scene = synth_scene(out, size, cli)
         tiles = (size // 64) ** 2
         command = [cli, "predict", "--image", str(scene), "--overwrite", "-q"]
         runs = {  # name: (arguments, whether the child prints its own seconds)
@@ -200,7 +206,7 @@ def main() -> None:
         rows.append(r)
         print(json.dumps(r), flush=True)
     s16 = stride16(
-        out / "data" / "synth_2048" / "scene.tif",
+        synth_scene(out, 2048, cli),
         {"fp32": fp32_with_onnx, "int8": with_onnx},
         cli,
         args.repeats,

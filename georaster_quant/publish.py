@@ -133,9 +133,10 @@ class S3Output:
         return True
 
     def prepare(self, inputs: Sequence[str], outputs: Sequence[Path], *, overwrite: bool) -> None:
-        """Refuse a missing bucket, an input as output or an existing map, before any work.
+        """Refuse a missing bucket, an input as output, an existing map or a staged one.
 
-        An existing map is accepted with ``overwrite``. Then creates the staging folder.
+        All before any work; ``overwrite`` (also set by ``--resume``) accepts existing and
+        staged maps. Then creates the staging folder.
         """
         if not self._exists():
             raise PublishError(f"s3://{self.bucket}: no such bucket")
