@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from georaster_quant.errors import ConfigError
 from georaster_quant.io import RasterReader
 from georaster_quant.stream import TileBatch, iter_batches, iter_row_strips
 from georaster_quant.tiling import TileGrid, Window
@@ -142,6 +143,24 @@ def test_row_strips_equal_reads_of_the_row_window(raster, stride: int) -> None:
             np.testing.assert_array_equal(valid, expected_valid)
             rows.append(row)
     assert rows == list(range(grid.shape[0]))
+
+
+@pytest.mark.parametrize("stride", [64, 13])
+def test_batch_size_only_regroups_the_tiles(raster, stride: int) -> None:
+    """Batches of 1, of a row's worth, of more than a row or of everything hold the same tiles."""
+    path, _ = raster
+    grid = TileGrid(HEIGHT, WIDTH, tile_size=TILE, stride=stride)
+    with RasterReader(path) as reader:
+        ref = collect(reader, grid, batch_size=7)
+        for size in (1, grid.shape[1], grid.shape[1] + 1, len(grid) + 5):
+            batches = collect(reader, grid, batch_size=size)
+            assert [len(b) for b in batches[:-1]] == [size] * (len(batches) - 1)
+            for field in ("rows", "cols", "data", "valid_fraction"):
+                got = np.concatenate([getattr(b, field) for b in batches])
+                np.testing.assert_array_equal(got, np.concatenate([getattr(b, field) for b in ref]))
+            assert all(b.data.flags.c_contiguous and b.data.dtype == np.float32 for b in batches)
+        with pytest.raises(ConfigError, match="batch size"):
+            collect(reader, grid, batch_size=0)
 
 
 @pytest.mark.parametrize("stride", [64, 32, 16, 13, 1])
