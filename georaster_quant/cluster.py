@@ -87,7 +87,7 @@ class ClusterInference:
         self.backend = backend
         self.meta = read_model_meta(weights)
         self.name = backend  # replaced by the workers' backend once one reports
-        self.ran_on = f"dask {client.scheduler.address}"  # with its workers once rows() runs
+        self.ran_on = self._scheduler = f"dask {client.scheduler.address}"  # + workers in rows()
 
     def rows(
         self, image: str, reader: Any, grid: TileGrid, rows: Sequence[int], opts: PredictOptions
@@ -98,9 +98,7 @@ class ClusterInference:
         nthreads = self.client.nthreads()
         threads = sum(nthreads.values()) or 1
         workers = len(nthreads)
-        self.ran_on = (
-            f"dask {self.client.scheduler.address} ({workers} worker{'s' * (workers != 1)})"
-        )
+        self.ran_on = f"{self._scheduler} ({workers} worker{'s' * (workers != 1)})"
         size = max(1, -(-len(rows) // (threads * TASKS_PER_THREAD)))
         futures = [
             self.client.submit(

@@ -228,11 +228,11 @@ def _run_all(
             click.echo(f"Error: {exc}", err=True)
             continue
         rows.append(s)
+        where = "" if s.get("ran_on", THIS_PROCESS) == THIS_PROCESS else f" on {s['ran_on']}"
         click.echo(
             f"{s['output']}: {s['grid'][1]}x{s['grid'][0]} cells, {s['tiles_inferred']} of "
             f"{s['tiles_total']} tiles inferred in {s['seconds']:.1f} s "
-            f"({s['mpx_per_s']:.1f} Mpx/s, peak {s['peak_rss_mb']:.0f} MB, {s['backend']}"
-            + (f" on {s['ran_on']})" if s.get("ran_on", THIS_PROCESS) != THIS_PROCESS else ")")
+            f"({s['mpx_per_s']:.1f} Mpx/s, peak {s['peak_rss_mb']:.0f} MB, {s['backend']}{where})"
         )
     if len(inputs) > 1:
         click.echo(f"\n{len(rows)} of {len(inputs)} maps written to {output}")
