@@ -44,7 +44,6 @@ class RowBuffer:
             stop = min(self.reader.info.height, -(-r1 // self.block_rows) * self.block_rows)
             if stop - self.start > self.raw.shape[1]:
                 self._drop_before(r0)  # only when the next read needs the room
-            stop = min(stop, self.start + self.raw.shape[1])
             n = stop - end
             window = Window(end, 0, n, self.reader.info.width)
             _, valid = self.reader.read_raw(window, out=self.raw[:, self.size : self.size + n])
