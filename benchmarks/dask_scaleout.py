@@ -6,7 +6,7 @@ LocalCluster of two single-threaded worker processes and report each worker's pe
 (with GDAL's default block cache and with GDAL_CACHEMAX=64), which is what docs/dask.md's
 memory advice rests on.
 
-    python benchmarks/dask.py [--size 8192] [--chunks 1024,2048,4096] [--weights BUNDLE]
+    python benchmarks/dask_scaleout.py [--size 8192] [--chunks 1024,2048,4096] [--weights BUNDLE]
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from runner import synth_scene  # the same scenes as the runner benchmark
 
 LAZY = """
 import json, logging, sys, time
@@ -69,12 +71,8 @@ def main() -> None:
     weights = Path(args.weights or out / "quant" / "patch4_per_channel_int8_with_onnx")
     if not weights.exists():
         sys.exit(f"{weights}: missing; run benchmarks/quantization.py and runner.py first")
-    scene = out / "data" / f"synth_{args.size}" / "scene.tif"
     cli = str(Path(sys.executable).with_name("georaster-quant"))
-    if not scene.exists():
-        scene.parent.parent.mkdir(parents=True, exist_ok=True)
-        size = str(args.size)
-        run([cli, "synth", str(scene.parent), "--width", size, "--height", size, "--seed", "1"])
+    scene = synth_scene(out, args.size, cli)
     base = [cli, "predict", "--weights", str(weights), "--image", str(scene), "--overwrite", "-q"]
     local = f"/tmp/gq_dask_local_{args.size}.tif"
     result: dict = {"size": args.size, "weights": str(weights)}
@@ -96,7 +94,7 @@ def main() -> None:
             row.update(json.loads(text.strip().splitlines()[-1]))
             result["lazy"].append(row)
             print(json.dumps(row), flush=True)
-    (out / "dask.json").write_text(json.dumps(result, indent=2))
+    (out / "dask_scaleout.json").write_text(json.dumps(result, indent=2))
     print(
         f"\n{args.size}² scene, {weights.name}: predict command {result['command_s']:.1f} s, "
         f"with --dask-workers 2 {result['command_dask_workers_2_s']:.1f} s (cluster start-up "

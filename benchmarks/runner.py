@@ -89,6 +89,11 @@ def measure(args: list[str], prints_seconds: bool = True) -> tuple[float, float,
     return inner, wall, usage.ru_maxrss / 1024
 
 
+def ratio(a: list[float], b: list[float]) -> float:
+    """Median of the per-repetition ratios ``a / b``."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
 def synth_scene(out: Path, size: int, cli: str) -> Path:
     """The benchmark's ``size``² synthetic scene, made by the CLI in a child process."""
     scene = out / "data" / f"synth_{size}" / "scene.tif"
@@ -125,9 +130,7 @@ def stride16(scene: Path, bundles: dict[str, Path], cli: str, repeats: int) -> d
                     "--overwrite", "-q"]  # fmt: skip
             seconds[name].append(measure(argv, prints_seconds=False)[1])
     result = {f"{name}_s": statistics.median(v) for name, v in seconds.items()}
-    result["fp32_vs_int8"] = statistics.median(
-        f / i for f, i in zip(seconds["fp32"], seconds["int8"], strict=True)
-    )
+    result["fp32_vs_int8"] = ratio(seconds["fp32"], seconds["int8"])
     return result
 
 
@@ -195,10 +198,6 @@ def main() -> None:
             r["naive_s"], _, r["naive_rss_mb"] = measure(
                 [py, "-c", NAIVE, str(weights), str(scene), f"/tmp/gq_naive_{size}.tif"]
             )
-
-        def ratio(a: list[float], b: list[float]) -> float:
-            return statistics.median(x / y for x, y in zip(a, b, strict=True))
-
         r["command_vs_read"] = ratio(seconds["command"], seconds["read"])
         r["command_ort_vs_read"] = ratio(seconds["command_ort"], seconds["read"])
         floors = [x + y for x, y in zip(seconds["read"], seconds["model"], strict=True)]
