@@ -101,7 +101,7 @@ class DataArrayReader:
         """Nothing to close: the DataArray belongs to the caller."""
 
     def read_raw(
-        self, inside: Window, out: np.ndarray | None = None
+        self, inside: Window, out: np.ndarray | None = None, valid_out: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Raw values and validity of a window inside the array (computes only that window)."""
         rows, cols = inside.toslices()
@@ -109,7 +109,7 @@ class DataArrayReader:
         if out is not None:
             out[...] = raw
             raw = out
-        return raw, validity(raw, self.info.nodata)
+        return raw, validity(raw, self.info.nodata, out=valid_out)
 
     def to_physical(self, raw: np.ndarray) -> np.ndarray:
         """Raw values to float32 physical values (``scale_factor``/``add_offset`` applied)."""

@@ -34,6 +34,8 @@ from georaster_quant.tiling import Window, mirror_take, source_window
 GDAL_CACHEMAX_MB = 32
 #: Retries for rasters read over HTTP(S) or from object storage, unless the user set them.
 HTTP_RETRY_DEFAULTS = {"GDAL_HTTP_MAX_RETRY": "3", "GDAL_HTTP_RETRY_DELAY": "1"}
+#: Rows tested at a time by :func:`validity` (bounds its temporaries).
+_VALIDITY_ROWS = 32
 
 
 def gdal_env() -> dict[str, Any]:
@@ -97,19 +99,28 @@ def _open(path: str | os.PathLike[str]) -> rasterio.DatasetReader:
         raise RasterInputError(f"{name}: not a readable raster ({_gdal_message(exc)})") from exc
 
 
-def validity(raw: np.ndarray, nodata: float | None, mask: np.ndarray | None = None) -> np.ndarray:
+def validity(
+    raw: np.ndarray,
+    nodata: float | None,
+    mask: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """Valid pixels of raw band values ``(bands, h, w)``: no band nodata or NaN, mask set.
 
-    ``mask`` is an alpha band or GDAL mask (True = valid). Tested band by band, so the
-    temporaries are one band large.
+    ``mask`` is an alpha band or GDAL mask (True = valid); ``out``, if given, receives the
+    result. Tested in chunks of rows, so the temporaries stay small whatever the width.
     """
-    valid = np.ones(raw.shape[1:], dtype=bool) if mask is None else mask.astype(bool)
+    valid = np.empty(raw.shape[1:], dtype=bool) if out is None else out
+    valid[...] = True if mask is None else mask
     check_nodata = nodata is not None and not np.isnan(nodata)
-    for band in raw:
-        if check_nodata:
-            valid &= band != np.asarray(nodata).astype(raw.dtype)
-        if raw.dtype.kind == "f":
-            valid &= ~np.isnan(band)
+    value = np.asarray(nodata).astype(raw.dtype) if check_nodata else None
+    for r in range(0, raw.shape[1], _VALIDITY_ROWS):
+        rows, part = slice(r, r + _VALIDITY_ROWS), valid[r : r + _VALIDITY_ROWS]
+        for band in raw[:, rows]:
+            if check_nodata:
+                part &= band != value
+            if raw.dtype.kind == "f":
+                part &= ~np.isnan(band)
     return valid
 
 
@@ -184,11 +195,12 @@ class RasterReader:
         self._stack.close()
 
     def read_raw(
-        self, inside: Window, out: np.ndarray | None = None
+        self, inside: Window, out: np.ndarray | None = None, valid_out: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Raw values (the file's dtype) and validity of a window inside the raster.
 
-        ``out``, if given, is filled with the values (no intermediate copy).
+        ``out`` and ``valid_out``, if given, receive the values and the validity (no
+        intermediate copies).
         """
         info = self.info
         rio_window = RioWindow(inside.col_off, inside.row_off, inside.width, inside.height)
@@ -203,7 +215,7 @@ class RasterReader:
             raise RasterInputError(
                 f"{info.path}: read failed at {inside} ({_gdal_message(exc)})"
             ) from exc
-        return raw, validity(raw, info.nodata, mask)
+        return raw, validity(raw, info.nodata, mask, valid_out)
 
     def to_physical(self, raw: np.ndarray) -> np.ndarray:
         """Raw values to float32 physical values (scale/offset applied)."""

@@ -2,7 +2,7 @@
 
 Rows are read full width in chunks aligned to the raster's block rows and kept in a rolling
 buffer, so each block is decoded once even when tiles overlap (stride < tile size). Memory is
-bounded by ``(tile_size + block_height) x width x bands``, never by the raster's height.
+bounded by ``(tile_size + block_height) x width x bands`` at most, never by the raster's height.
 """
 
 from __future__ import annotations
@@ -22,18 +22,24 @@ class RowBuffer:
 
     Rows are read in chunks that end on block-row boundaries, straight into the buffer; rows no
     later strip needs are dropped when the next read needs their room (one move per block
-    row). Memory is ``capacity x width x bands`` raw values whatever the raster's height.
+    row). The buffer holds exactly the most rows any one of ``spans`` (the ``(r0, r1)`` row
+    ranges that will be asked for, in order) needs with the block rows that cover it, whatever
+    the raster's height.
     """
 
-    def __init__(self, reader: RasterReader, capacity: int):
+    def __init__(self, reader: RasterReader, spans: Iterable[tuple[int, int]]):
         info = reader.info
         self.reader = reader
         self.block_rows = max(1, info.block_shape[0])
-        capacity = min(info.height, capacity + self.block_rows)
+        capacity = max((self._read_end(r1) - r0 for r0, r1 in spans), default=0)
         self.raw = np.empty((info.count, capacity, info.width), dtype=info.dtype)
         self.valid = np.empty((capacity, info.width), dtype=bool)
         self.start = 0
         self.size = 0
+
+    def _read_end(self, r1: int) -> int:
+        """Where a read that must reach row ``r1`` stops: the end of its block row."""
+        return min(self.reader.info.height, -(-r1 // self.block_rows) * self.block_rows)
 
     def rows(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
         """Raw values and validity of raster rows ``[r0, r1)`` (rows only move down)."""
@@ -41,13 +47,13 @@ class RowBuffer:
             self.start, self.size = r0, 0
         end = self.start + self.size
         if r1 > end:
-            stop = min(self.reader.info.height, -(-r1 // self.block_rows) * self.block_rows)
+            stop = self._read_end(r1)
             if stop - self.start > self.raw.shape[1]:
                 self._drop_before(r0)  # only when the next read needs the room
             n = stop - end
             window = Window(end, 0, n, self.reader.info.width)
-            _, valid = self.reader.read_raw(window, out=self.raw[:, self.size : self.size + n])
-            self.valid[self.size : self.size + n] = valid
+            part = slice(self.size, self.size + n)
+            self.reader.read_raw(window, out=self.raw[:, part], valid_out=self.valid[part])
             self.size += n
         lo, hi = r0 - self.start, r1 - self.start
         return self.raw[:, lo:hi], self.valid[lo:hi]
@@ -73,10 +79,12 @@ def iter_row_strips(
     """
     info = reader.info
     height, width = info.height, info.width
-    buffer = RowBuffer(reader, grid.tile_size)
-    for row in range(grid.shape[0]) if rows is None else rows:
+    rows = range(grid.shape[0]) if rows is None else rows
+    # Full width; rows include mirrored ones.
+    sources = [source_window(grid.row_window(row), height, width) for row in rows]
+    buffer = RowBuffer(reader, [(s.row_off, s.row_end) for s in sources])
+    for row, source in zip(rows, sources, strict=True):
         window = grid.row_window(row)
-        source = source_window(window, height, width)  # full width; rows incl. mirrored ones
         raw, valid = buffer.rows(source.row_off, source.row_end)
         yield (
             row,

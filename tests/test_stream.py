@@ -9,8 +9,8 @@ import pytest
 
 from georaster_quant.errors import ConfigError
 from georaster_quant.io import RasterReader
-from georaster_quant.stream import TileBatch, iter_batches, iter_row_strips
-from georaster_quant.tiling import TileGrid, Window
+from georaster_quant.stream import RowBuffer, TileBatch, iter_batches, iter_row_strips
+from georaster_quant.tiling import TileGrid, Window, source_window
 
 TILE = 64
 STRIDES = [64, 16, 13]
@@ -172,9 +172,9 @@ def test_every_raster_row_is_read_exactly_once(raster, stride: int) -> None:
         windows: list[Window] = []
         inner = reader.read_raw
 
-        def recording_read(window: Window, out=None):
+        def recording_read(window: Window, out=None, valid_out=None):
             windows.append(window)
-            return inner(window, out=out)
+            return inner(window, out=out, valid_out=valid_out)
 
         reader.read_raw = recording_read  # type: ignore[method-assign]
         for _ in iter_row_strips(reader, grid):
@@ -190,6 +190,22 @@ def test_every_raster_row_is_read_exactly_once(raster, stride: int) -> None:
         assert w.height <= TILE + block_rows
     np.testing.assert_array_equal(reads_per_row, 1)
     assert [w.row_off for w in windows] == sorted(w.row_off for w in windows)
+
+
+@pytest.mark.parametrize("stride", [64, 16, 13])
+def test_row_buffer_holds_a_strip_and_the_block_rows_covering_it(raster, stride: int) -> None:
+    """Aligned tiles need no rows beyond their own; any stride, at most one extra block row."""
+    path, _ = raster
+    grid = TileGrid(HEIGHT, WIDTH, tile_size=TILE, stride=stride)
+    with RasterReader(path) as reader:
+        block_rows = reader.info.block_shape[0]
+        windows = [grid.row_window(row) for row in range(grid.shape[0])]
+        spans = [(w.row_off, w.row_end) for w in (source_window(w, HEIGHT, WIDTH) for w in windows)]
+        held = RowBuffer(reader, spans).raw.shape[1]
+    if stride == TILE:  # tiles start on block rows (32 or 8 divide 64)
+        assert held == TILE
+    else:
+        assert TILE <= held < TILE + block_rows
 
 
 def test_small_raster_and_one_pixel_raster(make_tif) -> None:
