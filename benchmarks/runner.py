@@ -3,8 +3,9 @@
 For each synthetic scene size, each measurement runs in its own process (so its peak RSS is
 its own, taken from ``wait4``): reading every block of the file in one thread; the model alone
 on as many tiles as the scene has (batch 32); ``predict_raster`` in-process; the whole
-``georaster-quant predict`` command (start-up included); and a naive baseline (one windowed
-read per tile, batch-1 inference, the map kept in memory and written at the end).
+``georaster-quant predict`` command (start-up included), each on eager torch and on ONNX
+Runtime (the bundle with its ``model.onnx``, which ``auto`` picks); and a naive baseline (one
+windowed read per tile, batch-1 inference, the map kept in memory and written at the end).
 
     python benchmarks/runner.py [--sizes 2048,8192,16384] [--naive-max 8192] [--repeats 3]
 """
@@ -165,9 +166,15 @@ def main() -> None:
         command = [cli, "predict", "--image", str(scene), "--overwrite", "-q"]
         runs = {  # name: (arguments, whether the child prints its own seconds)
             "read": ([py, "-c", READ, str(scene)], True),
+            # eager torch (the bundle alone) and ONNX Runtime (auto, with model.onnx inside)
             "model": ([py, "-c", MODEL, str(weights), str(tiles)], True),
+            "model_ort": ([py, "-c", MODEL, str(with_onnx), str(tiles)], True),
             "inprocess": (
                 [py, "-c", INPROCESS, str(weights), str(scene), f"/tmp/gq_bench_{size}.tif"],
+                True,
+            ),
+            "inprocess_ort": (
+                [py, "-c", INPROCESS, str(with_onnx), str(scene), f"/tmp/gq_ip_ort_{size}.tif"],
                 True,
             ),
             "command": (
@@ -200,8 +207,10 @@ def main() -> None:
             )
         r["command_vs_read"] = ratio(seconds["command"], seconds["read"])
         r["command_ort_vs_read"] = ratio(seconds["command_ort"], seconds["read"])
-        floors = [x + y for x, y in zip(seconds["read"], seconds["model"], strict=True)]
-        r["inprocess_vs_floors"] = ratio(seconds["inprocess"], floors)
+        for suffix in ("", "_ort"):
+            model, reading = seconds[f"model{suffix}"], seconds["read"]
+            floors = [x + y for x, y in zip(reading, model, strict=True)]
+            r[f"inprocess{suffix}_vs_floors"] = ratio(seconds[f"inprocess{suffix}"], floors)
         rows.append(r)
         print(json.dumps(r), flush=True)
     s16 = stride16(
@@ -212,19 +221,20 @@ def main() -> None:
     )
     (out / "runner.json").write_text(json.dumps({"sizes": rows, "stride16": s16}, indent=2))
     print(
-        "\n| size | read (1 thread) s | model alone s | predict in-process s | command, torch s "
-        "| command, auto (ONNX Runtime) s | naive s | torch cmd / read | ORT cmd / read | "
-        "in-process / (read + model) | peak RSS torch cmd MB | peak RSS ORT cmd MB |"
+        "\n| size | read (1 thread) s | model alone s, torch / ORT | predict in-process s, "
+        "torch / ORT | command s, torch / ORT | naive s | command / read, torch / ORT | "
+        "in-process / (read + model), torch / ORT | peak RSS of the command MB, torch / ORT |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         naive = f"{r['naive_s']:.1f}" if "naive_s" in r else "—"
         print(
-            f"| {r['size']}² | {r['read_s']:.2f} | {r['model_s']:.2f} | {r['inprocess_s']:.2f} | "
-            f"{r['command_s']:.2f} | {r['command_ort_s']:.2f} | {naive} | "
-            f"{r['command_vs_read']:.2f}x | {r['command_ort_vs_read']:.2f}x | "
-            f"{r['inprocess_vs_floors']:.2f} | {r['command_rss_mb']:.0f} | "
-            f"{r['command_ort_rss_mb']:.0f} |"
+            f"| {r['size']}² | {r['read_s']:.2f} | {r['model_s']:.2f} / {r['model_ort_s']:.2f} | "
+            f"{r['inprocess_s']:.2f} / {r['inprocess_ort_s']:.2f} | "
+            f"{r['command_s']:.2f} / {r['command_ort_s']:.2f} | {naive} | "
+            f"{r['command_vs_read']:.2f}x / {r['command_ort_vs_read']:.2f}x | "
+            f"{r['inprocess_vs_floors']:.2f} / {r['inprocess_ort_vs_floors']:.2f} | "
+            f"{r['command_rss_mb']:.0f} / {r['command_ort_rss_mb']:.0f} |"
         )
     print(
         f"\n2048², --stride 16, both through auto (ONNX Runtime): FP32 {s16['fp32_s']:.2f} s, "

@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from georaster_quant.arch import ARCHITECTURES, DEFAULT_ARCH, ArchSpec, resolve_arch
@@ -30,7 +31,12 @@ __all__ = [
 
 
 class BandNormalize(nn.Module):
-    """``clamp((x - center) / scale, -clip, clip)`` per band, always in FP32."""
+    """``clamp((x - center) / scale, -clip, clip)`` per band, always in FP32.
+
+    The affine part runs as one inference-mode batch norm (mean ``center``, variance 1,
+    weight ``1 / scale``, epsilon 0): a single pass over the batch in eager torch and one
+    ``BatchNormalization`` node in ONNX, where subtract-then-multiply took two.
+    """
 
     def __init__(self, center: Sequence[float], scale: Sequence[float], clip: float):
         super().__init__()
@@ -39,12 +45,20 @@ class BandNormalize(nn.Module):
         self.register_buffer("center", torch.tensor(center, dtype=torch.float32).view(1, -1, 1, 1))
         inv = 1.0 / torch.tensor(scale, dtype=torch.float64)
         self.register_buffer("inv_scale", inv.to(torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("unit_var", torch.ones(len(center)), persistent=False)
         self.clip = float(clip)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalize a raw float32 batch ``(N, C, H, W)``."""
-        x = x.float()
-        return torch.clamp((x - self.center) * self.inv_scale, -self.clip, self.clip)
+        x = F.batch_norm(
+            x.float(),
+            self.center.view(-1),
+            self.unit_var,
+            self.inv_scale.view(-1),
+            training=False,
+            eps=0.0,
+        )
+        return torch.clamp(x, -self.clip, self.clip)
 
 
 def _block(cin: int, cout: int, kernel: int, stride: int, pool: bool) -> nn.Sequential:

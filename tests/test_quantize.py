@@ -186,7 +186,7 @@ def test_normalization_stays_fp32(quantized, fp32, quant_type: str) -> None:
     module = quantized(quant_type).module
     assert type(module.normalize) is BandNormalize
     buffers = dict(module.normalize.named_buffers())
-    assert set(buffers) == {"center", "inv_scale"}
+    assert set(buffers) == {"center", "inv_scale", "unit_var"}
     for name, buf in buffers.items():
         assert buf.dtype == torch.float32, (name, buf.dtype)
         assert torch.equal(buf, getattr(fp32.model.normalize, name))
