@@ -58,7 +58,7 @@ class BandNormalize(nn.Module):
             training=False,
             eps=0.0,
         )
-        return torch.clamp(x, -self.clip, self.clip)
+        return x.clamp_(-self.clip, self.clip)  # in place: x is this call's own new tensor
 
 
 def _block(cin: int, cout: int, kernel: int, stride: int, pool: bool) -> nn.Sequential:

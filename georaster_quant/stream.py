@@ -162,7 +162,8 @@ def batch_strips(
             n = min(batch_size - count, len(raw_tiles) - c)
             vtiles = valid_tiles[c : c + n]
             filled = to_physical(raw_tiles[c : c + n])  # the one float32 copy
-            np.copyto(filled, np.broadcast_to(fill, filled.shape), where=~vtiles[:, None])
+            if not vtiles.all():  # most batches have no nodata: skip a pass over the floats
+                np.copyto(filled, np.broadcast_to(fill, filled.shape), where=~vtiles[:, None])
             cols = col0 + c + np.arange(n)
             frac = cell_valid_fraction(vtiles, grid, row, col0 + c)
             pending.append((np.full_like(cols, row), cols, filled, frac))

@@ -131,6 +131,24 @@ def test_synth_tiny_scene(capsys, tmp_path: Path) -> None:
     assert code == 0, err
 
 
+@pytest.mark.slow
+def test_demo_runs_the_main_job_end_to_end(capsys, tmp_path: Path) -> None:
+    """`make demo`'s command, small: scenes, training, baseline, evaluation on the unseen scene."""
+    out_dir = tmp_path / "demo"
+    code, out, err = run(
+        capsys, "demo", "--output", out_dir, "--size", 512, "--epochs", 1, "--seed", 3, "-q"
+    )
+    assert code == 0, err
+    assert re.search(r"CNN \d+\.\d+% vs spectral baseline \d+\.\d+%", out), out
+    results = json.loads((out_dir / "evaluation.json").read_text())["results"]
+    assert 0.0 < results[0]["accuracy"] <= 1.0
+    assert (out_dir / "model" / "bundle.json").is_file()
+    with rasterio.open(out_dir / "test" / "scene.tif") as ds:
+        assert (ds.width, ds.height) == (512, 512)  # the test scene: 3/4 of --size, at least 512
+    code, out, err = run(capsys, "demo", "--output", out_dir, "--size", 256, "-q")
+    assert code == 2 and "256" in err  # below the smallest scene a validation split works on
+
+
 def test_train_then_info(capsys, small_scene, tmp_path: Path) -> None:
     scene, labels = small_scene
     bundle = tmp_path / "runs" / "model"

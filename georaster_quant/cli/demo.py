@@ -20,7 +20,7 @@ from georaster_quant.cli.options import config_option, quiet_option, show_progre
 )
 @click.option(
     "--size",
-    type=click.IntRange(min=256),
+    type=click.IntRange(min=512),  # the validation split needs several 256-pixel blocks
     default=2048,
     show_default=True,
     help="Edge of the training scene in pixels.",
