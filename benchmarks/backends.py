@@ -64,6 +64,8 @@ def ort_qdq(fp32_onnx: Path, out: Path, tiles: np.ndarray) -> Path:
 
     pre = out.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32_onnx), str(pre))
+    # DESIGN's one rule: the band normalization (and its clip) stays FP32 here too.
+    normalize = [n.name for n in onnx.load(str(pre)).graph.node if n.name.startswith("/normalize/")]
     quantize_static(
         str(pre),
         str(out),
@@ -72,6 +74,7 @@ def ort_qdq(fp32_onnx: Path, out: Path, tiles: np.ndarray) -> Path:
         per_channel=True,
         activation_type=QuantType.QInt8,
         weight_type=QuantType.QInt8,
+        nodes_to_exclude=normalize,
     )
     # Keep our metadata on the re-quantized graph so the ONNX Runtime backend can load it.
     src, dst = onnx.load(str(fp32_onnx)), onnx.load(str(out))
