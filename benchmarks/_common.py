@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: alternating timings and an ONNX Runtime FP32 session."""
+"""Helpers shared by the benchmarks: alternating timings and ONNX Runtime sessions."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def torch_runner(module):
 
 
 def ort_runner(model, threads):
-    """ONNX Runtime FP32 on an export of ``model`` (legacy exporter, opset 17)."""
+    """ONNX Runtime on an export of ``model``, FP32 or quantized (legacy exporter, opset 17)."""
     import onnxruntime as ort
 
     buf = io.BytesIO()

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from _common import timings
 
+from georaster_quant.arch import DEFAULT_ARCH
 from georaster_quant.backend import open_backend
 from georaster_quant.bundle import read_meta
 from georaster_quant.calibration import CalibrationDataReader, choose_calibration_tiles
@@ -31,6 +32,7 @@ STARTUP = """
 import sys, time
 t0 = time.perf_counter()
 import numpy as np
+from georaster_quant.arch import DEFAULT_ARCH
 from georaster_quant.backend import open_backend
 b = open_backend(sys.argv[1], sys.argv[2])
 x = np.load(sys.argv[3])
@@ -91,8 +93,8 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     qdir = out / "quant"
-    fp32_dir = qdir / "patch4"
-    int8_dir = qdir / "types" / "patch4_per_channel_int8"
+    fp32_dir = qdir / DEFAULT_ARCH
+    int8_dir = qdir / "types" / f"{DEFAULT_ARCH}_per_channel_int8"
     if not int8_dir.exists():
         sys.exit("run benchmarks/quantization.py first (it makes the bundles)")
     edir = out / "exported"

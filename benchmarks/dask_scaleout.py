@@ -21,6 +21,8 @@ from pathlib import Path
 
 from runner import synth_scene  # the same scenes as the runner benchmark
 
+from georaster_quant.arch import DEFAULT_ARCH
+
 LAZY = """
 import json, logging, sys, time
 import numpy as np, rasterio, rioxarray
@@ -68,7 +70,7 @@ def main() -> None:
     ap.add_argument("--weights", default=None, help="default: the per-channel INT8 bundle")
     args = ap.parse_args()
     out = Path(args.out)
-    weights = Path(args.weights or out / "quant" / "patch4_per_channel_int8_with_onnx")
+    weights = Path(args.weights or out / "quant" / f"{DEFAULT_ARCH}_per_channel_int8_with_onnx")
     if not weights.exists():
         sys.exit(f"{weights}: missing; run benchmarks/quantization.py and runner.py first")
     cli = str(Path(sys.executable).with_name("georaster-quant"))

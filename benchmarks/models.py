@@ -41,15 +41,16 @@ class ModuleBackend:
             return torch.softmax(self.module(torch.from_numpy(batch)), 1).numpy()
 
 
-def time_per_tile(bundle, int8, batch, threads):
-    """µs per tile of eager FP32, ONNX Runtime FP32 and eager INT8, timed alternately."""
+def time_per_tile(bundle, int8, batch, threads, repeats):
+    """µs per tile of FP32 and INT8, each eager and on ONNX Runtime, timed alternately."""
     torch.set_num_threads(threads)
     runners = {
         "fp32": torch_runner(bundle.model),
         "ort_fp32": ort_runner(bundle.model, threads),
         "int8": torch_runner(int8),
+        "ort_int8": ort_runner(int8, threads),
     }
-    return {k: v * 1000 / len(batch) for k, v in timings(runners, batch, 15).items()}
+    return {k: v * 1000 / len(batch) for k, v in timings(runners, batch, repeats).items()}
 
 
 def main() -> None:
@@ -59,6 +60,9 @@ def main() -> None:
     ap.add_argument("--archs", default=",".join(ARCHITECTURES))
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--reuse", action="store_true", help="reuse bundles trained by a previous run")
+    ap.add_argument(
+        "--repeats", type=int, default=50, help="timed calls per runner and thread count"
+    )
     args = ap.parse_args()
     out = Path(args.out)
     data = out / "data"
@@ -107,8 +111,8 @@ def main() -> None:
         truth_acc = fp32_eval["accuracy"]
         agree = float((pred.classes == ref.classes)[ref.valid].mean())
         batch = x[:32]
-        t2 = time_per_tile(bundle, int8, batch, threads=2)
-        t1 = time_per_tile(bundle, int8, batch, threads=1)
+        t2 = time_per_tile(bundle, int8, batch, threads=2, repeats=args.repeats)
+        t1 = time_per_tile(bundle, int8, batch, threads=1, repeats=args.repeats)
         macs = count_macs(bundle.model)
         row = {
             "arch": arch,
@@ -122,9 +126,11 @@ def main() -> None:
             "fp32_us_per_tile_2t": t2["fp32"],
             "ort_fp32_us_per_tile_2t": t2["ort_fp32"],
             "int8_us_per_tile_2t": t2["int8"],
+            "ort_int8_us_per_tile_2t": t2["ort_int8"],
             "fp32_us_per_tile_1t": t1["fp32"],
             "ort_fp32_us_per_tile_1t": t1["ort_fp32"],
             "int8_us_per_tile_1t": t1["int8"],
+            "ort_int8_us_per_tile_1t": t1["ort_int8"],
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -134,21 +140,25 @@ def main() -> None:
     print(f"\nCPU capability: {cpu}; batch 32 tiles of 4x64x64; test scene {te.name}, stride 16\n")
     print(
         "| arch | MACs/tile | MACs/px | val tile acc | test cell acc | INT8 agree | "
-        "FP32 eager µs/tile 2t | ORT FP32 2t | INT8 eager 2t | FP32 eager 1t | ORT FP32 1t | "
-        "INT8 eager 1t | INT8 vs eager FP32 2t | INT8 vs fastest FP32 2t |"
+        "FP32 eager µs/tile 2t | FP32 ORT 2t | INT8 eager 2t | INT8 ORT 2t | FP32 eager 1t | "
+        "FP32 ORT 1t | INT8 eager 1t | INT8 ORT 1t | fastest INT8 vs fastest FP32 2t | 1t |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        fastest = min(r["fp32_us_per_tile_2t"], r["ort_fp32_us_per_tile_2t"])
+        speedup = {}
+        for t in ("2t", "1t"):
+            fp32 = min(r[f"fp32_us_per_tile_{t}"], r[f"ort_fp32_us_per_tile_{t}"])
+            int8 = min(r[f"int8_us_per_tile_{t}"], r[f"ort_int8_us_per_tile_{t}"])
+            speedup[t] = fp32 / int8
+        times = " | ".join(
+            f"{r[f'{k}_us_per_tile_{t}']:.0f}"
+            for t in ("2t", "1t")
+            for k in ("fp32", "ort_fp32", "int8", "ort_int8")
+        )
         print(
             f"| {r['arch']} | {r['macs_per_tile'] / 1e6:.2f} M | {r['macs_per_pixel']:.0f} | "
             f"{r['val_tile_accuracy']:.1%} | {r['test_cell_accuracy_fp32']:.1%} | "
-            f"{r['int8_agreement']:.1%} | {r['fp32_us_per_tile_2t']:.0f} | "
-            f"{r['ort_fp32_us_per_tile_2t']:.0f} | {r['int8_us_per_tile_2t']:.0f} | "
-            f"{r['fp32_us_per_tile_1t']:.0f} | {r['ort_fp32_us_per_tile_1t']:.0f} | "
-            f"{r['int8_us_per_tile_1t']:.0f} | "
-            f"{r['fp32_us_per_tile_2t'] / r['int8_us_per_tile_2t']:.2f}x | "
-            f"{fastest / r['int8_us_per_tile_2t']:.2f}x |"
+            f"{r['int8_agreement']:.1%} | {times} | {speedup['2t']:.2f}x | {speedup['1t']:.2f}x |"
         )
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from _common import ort_runner, timings, torch_runner
 
+from georaster_quant.arch import DEFAULT_ARCH
 from georaster_quant.bundle import Bundle
 from georaster_quant.calibration import choose_calibration_tiles
 from georaster_quant.evaluation import evaluate
@@ -49,7 +50,7 @@ def main() -> None:
         generate_scene(te, SceneSpec(1536, 1536, 4, 4242), progress=False, overwrite=True)
     qdir = out / "quant"
     qdir.mkdir(parents=True, exist_ok=True)
-    fp32_dir = qdir / "patch4"
+    fp32_dir = qdir / DEFAULT_ARCH
     if not (fp32_dir / "bundle.json").exists():
         train(
             tr / "scene.tif",

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from georaster_quant.arch import DEFAULT_ARCH  # torch-free: this parent stays small
+
 READ = """
 import sys, time, rasterio
 t = time.perf_counter()
@@ -148,7 +150,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="runs of each measurement per size")
     args = ap.parse_args()
     out = Path(args.out)
-    weights = out / "quant" / "types" / "patch4_per_channel_int8"
+    weights = out / "quant" / "types" / f"{DEFAULT_ARCH}_per_channel_int8"
     if not weights.exists():
         sys.exit("run benchmarks/quantization.py first (it makes the INT8 bundle)")
     py = sys.executable
@@ -157,8 +159,10 @@ def main() -> None:
     # Exported in a child process: this process stays small, because a child's peak RSS (from
     # wait4) includes its parent's size at the fork.
     quant = out / "quant"
-    with_onnx = with_onnx_export(weights, quant / "patch4_per_channel_int8_with_onnx", cli)
-    fp32_with_onnx = with_onnx_export(quant / "patch4", quant / "patch4_with_onnx", cli)
+    with_onnx = with_onnx_export(weights, quant / f"{weights.name}_with_onnx", cli)
+    fp32_with_onnx = with_onnx_export(
+        quant / DEFAULT_ARCH, quant / f"{DEFAULT_ARCH}_with_onnx", cli
+    )
     rows = []
     for size in map(int, args.sizes.split(",")):
         scene = synth_scene(out, size, cli)

@@ -45,6 +45,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "seed": ArchSpec(3, 1, 16, True, (32, 64)),
     "patch4_s": ArchSpec(4, 4, 16, False, (32, 64)),
     "patch4": ArchSpec(4, 4, 32, False, (64, 96)),
+    "patch4_wide": ArchSpec(4, 4, 32, False, (96, 128)),
+    "patch4_wider": ArchSpec(4, 4, 32, False, (128, 128)),
     "stride2": ArchSpec(3, 2, 24, True, (48, 96)),
     "large": ArchSpec(3, 2, 32, False, (64, 128, 128)),
 }

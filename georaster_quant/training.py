@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from georaster_quant.arch import DEFAULT_ARCH
 from georaster_quant.bundle import (
     Architecture,
     BundleMeta,
@@ -52,7 +53,7 @@ _FALLBACK_COLORS = [
 class TrainConfig:
     """Training settings (the ``train`` command's options)."""
 
-    arch: str = "patch4"
+    arch: str = DEFAULT_ARCH
     tile_size: int = 64
     sample_stride: int = 32
     label_footprint: int = 32
