@@ -32,7 +32,6 @@ STARTUP = """
 import sys, time
 t0 = time.perf_counter()
 import numpy as np
-from georaster_quant.arch import DEFAULT_ARCH
 from georaster_quant.backend import open_backend
 b = open_backend(sys.argv[1], sys.argv[2])
 x = np.load(sys.argv[3])
@@ -68,6 +67,7 @@ def ort_qdq(fp32_onnx: Path, out: Path, tiles: np.ndarray) -> Path:
     quant_pre_process(str(fp32_onnx), str(pre))
     # DESIGN's one rule: the band normalization (and its clip) stays FP32 here too.
     normalize = [n.name for n in onnx.load(str(pre)).graph.node if n.name.startswith("/normalize/")]
+    assert normalize, f"{pre}: no /normalize/ nodes to keep in FP32"
     quantize_static(
         str(pre),
         str(out),

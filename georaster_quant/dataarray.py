@@ -103,7 +103,10 @@ class DataArrayReader:
     def read_raw(
         self, inside: Window, out: np.ndarray | None = None, valid_out: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Raw values and validity of a window inside the array (computes only that window)."""
+        """Raw values and validity of a window inside the array (computes only that window).
+
+        ``out`` and ``valid_out``, if given, receive the values and the validity.
+        """
         rows, cols = inside.toslices()
         raw = np.asarray(self._da.isel(band=self._index, y=rows, x=cols).values)
         if out is not None:

@@ -108,7 +108,7 @@ def validity(
     """Valid pixels of raw band values ``(bands, h, w)``: no band nodata or NaN, mask set.
 
     ``mask`` is an alpha band or GDAL mask (True = valid); ``out``, if given, receives the
-    result. Tested in chunks of rows, so the temporaries stay small whatever the width.
+    result. Tested in chunks of rows, so the temporaries stay small however tall the window.
     """
     valid = np.empty(raw.shape[1:], dtype=bool) if out is None else out
     valid[...] = True if mask is None else mask

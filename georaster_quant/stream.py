@@ -79,7 +79,7 @@ def iter_row_strips(
     """
     info = reader.info
     height, width = info.height, info.width
-    rows = range(grid.shape[0]) if rows is None else rows
+    rows = range(grid.shape[0]) if rows is None else list(rows)  # iterated twice
     # Full width; rows include mirrored ones.
     sources = [source_window(grid.row_window(row), height, width) for row in rows]
     buffer = RowBuffer(reader, [(s.row_off, s.row_end) for s in sources])

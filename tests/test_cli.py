@@ -141,7 +141,7 @@ def test_demo_runs_the_main_job_end_to_end(capsys, tmp_path: Path) -> None:
     assert code == 0, err
     assert re.search(r"CNN \d+\.\d+% vs spectral baseline \d+\.\d+%", out), out
     results = json.loads((out_dir / "evaluation.json").read_text())["results"]
-    assert 0.0 < results[0]["accuracy"] <= 1.0
+    assert 1 / 6 < results[0]["accuracy"] <= 1.0  # one epoch on 512²: above chance (6 classes)
     assert (out_dir / "model" / "bundle.json").is_file()
     with rasterio.open(out_dir / "test" / "scene.tif") as ds:
         assert (ds.width, ds.height) == (512, 512)  # the test scene: 3/4 of --size, at least 512

@@ -193,6 +193,23 @@ def test_every_raster_row_is_read_exactly_once(raster, stride: int) -> None:
 
 
 @pytest.mark.parametrize("stride", [64, 16, 13])
+def test_a_subset_of_rows_streams_the_same_strips(raster, stride: int) -> None:
+    """A resumed run asks for some rows only (gaps, a start mid-block): the full run's strips."""
+    path, _ = raster
+    grid = TileGrid(HEIGHT, WIDTH, tile_size=TILE, stride=stride)
+    with RasterReader(path) as reader:
+        strips = iter_row_strips(reader, grid)
+        full = {row: (raw.copy(), valid.copy()) for row, raw, valid in strips}
+        n = grid.shape[0]
+        for subset in ([n - 1], list(range(1, n, 3)), list(range(n // 2, n))):
+            got = [(row, raw, valid) for row, raw, valid in iter_row_strips(reader, grid, subset)]
+            assert [row for row, _, _ in got] == subset
+            for row, raw, valid in got:
+                np.testing.assert_array_equal(raw, full[row][0])
+                np.testing.assert_array_equal(valid, full[row][1])
+
+
+@pytest.mark.parametrize("stride", [64, 16, 13])
 def test_row_buffer_holds_a_strip_and_the_block_rows_covering_it(raster, stride: int) -> None:
     """Aligned tiles need no rows beyond their own; any stride, at most one extra block row."""
     path, _ = raster
