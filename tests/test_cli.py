@@ -25,6 +25,7 @@ from synth_helpers import (
     write_labels_like,
 )
 
+from georaster_quant.backend import open_backend
 from georaster_quant.cli.main import cli
 
 FAST_TRAIN = [
@@ -158,8 +159,11 @@ def test_train_then_info(capsys, small_scene, tmp_path: Path) -> None:
     )
     assert code == 0, err
     assert "wrote" in out and "validation accuracy" in out
-    assert sorted(p.name for p in bundle.iterdir()) == ["bundle.json", "weights.pt"]
+    # --onnx is the default: the bundle holds its ONNX export, which `auto` then runs.
+    assert f"wrote {bundle / 'model.onnx'} (onnx, fp32" in out
+    assert sorted(p.name for p in bundle.iterdir()) == ["bundle.json", "model.onnx", "weights.pt"]
     assert dot_files(bundle.parent) == []
+    assert open_backend(bundle).name == "onnxruntime"
 
     code, out, err = run(capsys, "info", bundle)
     assert code == 0, err

@@ -26,6 +26,7 @@ import torch
 from synth_helpers import assert_one_line_error
 
 from georaster_quant import quantize as q
+from georaster_quant.backend import open_backend
 from georaster_quant.bundle import Bundle, build_fp32_model, read_meta, save_bundle
 from georaster_quant.cli.main import main
 from georaster_quant.io import RasterReader
@@ -127,7 +128,10 @@ def test_per_channel_int8_bundle(capsys, quantized, trained_bundle: Path) -> Non
     res = quantized("per_channel_int8")
     assert res.code == 0, res.err
     assert res.path.name == f"{trained_bundle.name}_per_channel_int8"
-    assert sorted(p.name for p in res.path.iterdir()) == ["bundle.json", "weights.pt"]
+    # --onnx is the default: the bundle holds its ONNX export, which `auto` then runs.
+    assert sorted(p.name for p in res.path.iterdir()) == ["bundle.json", "model.onnx", "weights.pt"]
+    assert "(onnx, per_channel_int8," in res.out
+    assert open_backend(res.path).name == "onnxruntime"
     assert sorted(p.name for p in res.path.parent.iterdir() if p.name.startswith(".")) == []
 
     meta = load_json(res.path / "bundle.json")
@@ -222,7 +226,12 @@ def test_each_type_writes_a_loadable_bundle(capsys, quantized, trained_bundle, q
     res = quantized(quant_type)
     assert res.code == 0, res.err
     assert "Quantization Summary" in res.out
-    assert sorted(p.name for p in res.path.iterdir()) == ["bundle.json", "weights.pt"]
+    files = ["bundle.json", "weights.pt"]
+    if quant_type == "dynamic_int8":  # ONNX takes static types only: said, and nothing written
+        assert "no model.onnx: dynamic_int8 runs on torch" in res.out
+    else:
+        files.insert(1, "model.onnx")
+    assert sorted(p.name for p in res.path.iterdir()) == files
     torch.load(res.path / "weights.pt", map_location="cpu", weights_only=True)
     bundle = Bundle(res.path)
     assert bundle.meta.quant_type == quant_type

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import click
 
 from georaster_quant.cli.options import config_option
@@ -39,7 +42,17 @@ def command(weights: str, fmt: str, output: str | None) -> None:
     """
     from georaster_quant.export import export_bundle
 
-    result = export_bundle(weights, fmt, output)
+    _report(export_bundle(weights, fmt, output))
+
+
+def export_onnx_into(bundle: str | os.PathLike[str]) -> None:
+    """Write ``model.onnx`` inside a bundle just written (train and quantize ``--onnx``)."""
+    from georaster_quant.export import export_bundle
+
+    _report(export_bundle(bundle, "onnx"))
+
+
+def _report(result: dict[str, Any]) -> None:
     click.echo(
         f"wrote {result['path']} ({result['format']}, {result['quant_type']}, "
         f"{result['size_bytes']:,} bytes); decisions match the bundle on "

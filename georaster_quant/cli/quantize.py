@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from georaster_quant.bundle import ENGINES, OBSERVERS, QUANT_TYPES
-from georaster_quant.cli.options import bands_option, config_option, overwrite_option
+from georaster_quant.cli.options import bands_option, config_option, onnx_option, overwrite_option
 
 #: What an FP32 bundle can be quantized to.
 TARGET_TYPES = tuple(t for t in QUANT_TYPES if t != "fp32")
@@ -78,6 +78,7 @@ TARGET_TYPES = tuple(t for t in QUANT_TYPES if t != "fp32")
 )
 @bands_option
 @click.option("--seed", type=int, default=0, show_default=True)
+@onnx_option
 @overwrite_option
 @config_option
 def command(
@@ -95,6 +96,7 @@ def command(
     output: str,
     bands: list[int] | None,
     seed: int,
+    onnx: bool,
     overwrite: bool,
 ) -> None:
     """Quantize the FP32 bundle --weights and print a Quantization Summary.
@@ -113,6 +115,7 @@ def command(
           --data data/train/scene.tif --labels data/train/labels.tif
       georaster-quant quantize --weights runs/best --quant-type fp16
     """
+    from georaster_quant.cli.export import export_onnx_into
     from georaster_quant.quantized_bundle import QuantizeOptions, format_summary, quantize_bundle
 
     opts = QuantizeOptions(
@@ -131,3 +134,7 @@ def command(
     )
     summary = quantize_bundle(weights, opts, output, overwrite=overwrite)
     click.echo(format_summary(summary))
+    if onnx and quant_type == "dynamic_int8":
+        click.echo("no model.onnx: dynamic_int8 runs on torch (export --format torchscript)")
+    elif onnx:
+        export_onnx_into(summary["bundle"])

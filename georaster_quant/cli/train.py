@@ -9,6 +9,7 @@ from georaster_quant.cli.options import (
     config_option,
     image_option,
     labels_option,
+    onnx_option,
     overwrite_option,
     quiet_option,
     show_progress,
@@ -88,6 +89,7 @@ _D = TrainConfig()
     default=None,
     help="Torch threads (default: the cores this process may use).",
 )
+@onnx_option
 @overwrite_option
 @quiet_option
 @config_option
@@ -96,6 +98,7 @@ def command(
     labels: str,
     output: str,
     workers: int | None,
+    onnx: bool,
     overwrite: bool,
     quiet: bool,
     **options: object,
@@ -112,6 +115,7 @@ def command(
           --output runs/best
       georaster-quant train --config configs/train.yaml --epochs 5
     """
+    from georaster_quant.cli.export import export_onnx_into
     from georaster_quant.training import train
 
     cfg = TrainConfig(threads=workers, **options)  # type: ignore[arg-type]
@@ -121,3 +125,5 @@ def command(
         f"{result.val_tiles} tiles ({result.train_tiles} training tiles, "
         f"{result.epochs_run} epochs, {result.seconds:.0f} s)"
     )
+    if onnx:
+        export_onnx_into(result.bundle)
