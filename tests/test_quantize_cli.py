@@ -221,6 +221,18 @@ def test_evaluate_fp32_against_per_channel(
 # --------------------------------------------------------------------------- other types
 
 
+def test_no_onnx_leaves_the_bundle_on_torch(capsys, trained_bundle, tmp_path: Path) -> None:
+    code, out, err = run(
+        capsys, "quantize", "--weights", trained_bundle, "--quant-type", "fp16",
+        "--no-onnx", "--output", tmp_path,
+    )  # fmt: skip
+    assert code == 0, err
+    bundle = tmp_path / f"{trained_bundle.name}_fp16"
+    assert sorted(p.name for p in bundle.iterdir()) == ["bundle.json", "weights.pt"]
+    assert "model.onnx" not in out
+    assert open_backend(bundle).name == "torch"
+
+
 @pytest.mark.parametrize("quant_type", ["fp16", "dynamic_int8", "static_int8", "qat_int8"])
 def test_each_type_writes_a_loadable_bundle(capsys, quantized, trained_bundle, quant_type) -> None:
     res = quantized(quant_type)
