@@ -51,8 +51,9 @@ import sys, time
 from georaster_quant.backend import open_backend
 from georaster_quant.runner import PredictOptions, predict_raster
 b = open_backend(sys.argv[1])
+stride = int(sys.argv[4]) if len(sys.argv) > 4 else None
 t = time.perf_counter()
-predict_raster(b, sys.argv[2], sys.argv[3], PredictOptions(overwrite=True))
+predict_raster(b, sys.argv[2], sys.argv[3], PredictOptions(overwrite=True, stride=stride))
 print(time.perf_counter() - t)
 """
 
@@ -124,16 +125,27 @@ def with_onnx_export(bundle: Path, copy: Path, cli: str) -> Path:
 
 
 def stride16(scene: Path, bundles: dict[str, Path], cli: str, repeats: int) -> dict:
-    """FP32 against per-channel INT8 end to end at stride 16, both through ``auto``, alternated."""
-    seconds: dict[str, list[float]] = {name: [] for name in bundles}
+    """FP32 against per-channel INT8 at stride 16, both through ``auto``, alternated: the whole
+    command, ``predict_raster`` in-process, and the model alone on as many tiles."""
+    tiles = 128 * 128  # a 2048² scene at stride 16
+    py = sys.executable
+    seconds: dict[str, list[float]] = {}
     for _ in range(repeats):
         for name, bundle in bundles.items():
-            argv = [cli, "predict", "--weights", str(bundle), "--image", str(scene),
-                    "--output", f"/tmp/gq_bench_s16_{name}.tif", "--stride", "16",
-                    "--overwrite", "-q"]  # fmt: skip
-            seconds[name].append(measure(argv, prints_seconds=False)[1])
-    result = {f"{name}_s": statistics.median(v) for name, v in seconds.items()}
-    result["fp32_vs_int8"] = ratio(seconds["fp32"], seconds["int8"])
+            out = f"/tmp/gq_bench_s16_{name}.tif"
+            runs = {
+                "command": ([cli, "predict", "--weights", str(bundle), "--image", str(scene),
+                             "--output", out, "--stride", "16", "--overwrite", "-q"], False),
+                "inprocess": ([py, "-c", INPROCESS, str(bundle), str(scene), out, "16"], True),
+                "model": ([py, "-c", MODEL, str(bundle), str(tiles)], True),
+            }  # fmt: skip
+            for what, (argv, prints) in runs.items():
+                inner, wall, _ = measure(argv, prints_seconds=prints)
+                seconds.setdefault(f"{name}_{what}", []).append(inner if prints else wall)
+    result = {f"{key}_s": statistics.median(v) for key, v in seconds.items()}
+    for what in ("command", "inprocess", "model"):
+        a, b = seconds[f"fp32_{what}"], seconds[f"int8_{what}"]
+        result[f"fp32_vs_int8_{what}"] = ratio(a, b)
     return result
 
 
@@ -164,7 +176,7 @@ def main() -> None:
         quant / DEFAULT_ARCH, quant / f"{DEFAULT_ARCH}_with_onnx", cli
     )
     rows = []
-    for size in map(int, args.sizes.split(",")):
+    for size in (int(s) for s in args.sizes.split(",") if s):  # --sizes "": stride 16 only
         scene = synth_scene(out, size, cli)
         tiles = (size // 64) ** 2
         command = [cli, "predict", "--image", str(scene), "--overwrite", "-q"]
@@ -240,10 +252,13 @@ def main() -> None:
             f"{r['inprocess_vs_floors']:.2f} / {r['inprocess_ort_vs_floors']:.2f} | "
             f"{r['command_rss_mb']:.0f} / {r['command_ort_rss_mb']:.0f} |"
         )
-    print(
-        f"\n2048², --stride 16, both through auto (ONNX Runtime): FP32 {s16['fp32_s']:.2f} s, "
-        f"per-channel INT8 {s16['int8_s']:.2f} s, FP32 / INT8 = {s16['fp32_vs_int8']:.2f}x"
-    )
+    print("\n2048², --stride 16, both through auto (ONNX Runtime):\n")
+    print("| | FP32 s | per-channel INT8 s | FP32 / INT8 |\n|---|---|---|---|")
+    for what in ("command", "inprocess", "model"):
+        print(
+            f"| {what} | {s16[f'fp32_{what}_s']:.2f} | {s16[f'int8_{what}_s']:.2f} | "
+            f"{s16[f'fp32_vs_int8_{what}']:.2f}x |"
+        )
 
 
 if __name__ == "__main__":
