@@ -27,6 +27,8 @@ from georaster_quant.errors import BundleError, ConfigError
 from georaster_quant.io import atomic_path, check_output_path
 
 FORMATS = ("torchscript", "onnx")
+#: Quant types with no ONNX form (dynamic quantization exports to TorchScript only).
+NO_ONNX_TYPES = ("dynamic_int8",)
 #: Default file names inside the bundle folder.
 FILE_NAMES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
 #: Metadata keys: the whole bundle.json, and how the file was exported.
@@ -205,7 +207,7 @@ def export_bundle(
     if fmt not in FORMATS:
         raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     bundle = Bundle(weights)
-    if fmt == "onnx" and bundle.meta.quant_type == "dynamic_int8":
+    if fmt == "onnx" and bundle.meta.quant_type in NO_ONNX_TYPES:
         raise ConfigError(
             f"{weights}: dynamic_int8 bundles export to TorchScript only; for ONNX quantize "
             "with static_int8 or per_channel_int8"

@@ -80,11 +80,11 @@ def iter_row_strips(
     info = reader.info
     height, width = info.height, info.width
     rows = range(grid.shape[0]) if rows is None else list(rows)  # iterated twice
+    windows = [grid.row_window(row) for row in rows]
     # Full width; rows include mirrored ones.
-    sources = [source_window(grid.row_window(row), height, width) for row in rows]
+    sources = [source_window(window, height, width) for window in windows]
     buffer = RowBuffer(reader, [(s.row_off, s.row_end) for s in sources])
-    for row, source in zip(rows, sources, strict=True):
-        window = grid.row_window(row)
+    for row, window, source in zip(rows, windows, sources, strict=True):
         raw, valid = buffer.rows(source.row_off, source.row_end)
         yield (
             row,

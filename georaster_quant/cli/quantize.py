@@ -116,6 +116,7 @@ def command(
       georaster-quant quantize --weights runs/best --quant-type fp16
     """
     from georaster_quant.cli.export import export_onnx_into
+    from georaster_quant.export import NO_ONNX_TYPES
     from georaster_quant.quantized_bundle import QuantizeOptions, format_summary, quantize_bundle
 
     opts = QuantizeOptions(
@@ -134,7 +135,7 @@ def command(
     )
     summary = quantize_bundle(weights, opts, output, overwrite=overwrite)
     click.echo(format_summary(summary))
-    if onnx and quant_type == "dynamic_int8":
-        click.echo("no model.onnx: dynamic_int8 runs on torch (export --format torchscript)")
+    if onnx and quant_type in NO_ONNX_TYPES:
+        click.echo(f"no model.onnx: {quant_type} runs on torch (export --format torchscript)")
     elif onnx:
         export_onnx_into(summary["bundle"])
