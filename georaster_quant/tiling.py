@@ -180,12 +180,42 @@ def mirror_take(
     """Cut ``window`` from ``array``, the pixels of ``source``, mirroring outside the raster.
 
     The last two axes of ``array`` are rows and columns; ``source`` must contain
-    :func:`source_window` of ``window``.
+    :func:`source_window` of ``window``. Each axis is cut as a few forward and reversed slices
+    joined once (a halo is three: reversed, forward, reversed), not gathered pixel by pixel.
     """
     if source == window:
         return array
-    rows, cols = _mirrored(window, height, width)
-    return array[..., (rows - source.row_off)[:, None], (cols - source.col_off)[None, :]]
+    array = _mirror_axis(array, -2, window.row_off, window.row_end, height, source.row_off)
+    return _mirror_axis(array, -1, window.col_off, window.col_end, width, source.col_off)
+
+
+#: Past this many mirrored runs (rasters much narrower than the window), gather instead.
+_MAX_RUNS = 8
+
+
+def _mirror_axis(
+    array: np.ndarray, axis: int, start: int, stop: int, n: int, off: int
+) -> np.ndarray:
+    """``array`` (holding raster pixels ``off ...`` on ``axis``) at mirrored ``start:stop``.
+
+    :func:`mirror_index` runs forward on the raster's even copies ``[2k n, (2k+1) n)`` and
+    backward on the odd ones, so each copy the window overlaps is one slice.
+    """
+    pieces = []
+    for j in range(start // n, (stop - 1) // n + 1):
+        lo, hi = max(start, j * n), min(stop, (j + 1) * n)
+        if j % 2 == 0:
+            pieces.append(slice(lo - j * n - off, hi - j * n - off))
+        else:  # reversed: from (j+1)n-1-lo down to (j+1)n-1-(hi-1)
+            first, last = (j + 1) * n - 1 - lo - off, (j + 1) * n - hi - off
+            pieces.append(slice(first, last - 1 if last > 0 else None, -1))
+        if len(pieces) > _MAX_RUNS:
+            index = mirror_index(np.arange(start, stop), n) - off
+            return np.take(array, index, axis=axis)
+    lead = (slice(None),) * (array.ndim + axis)
+    if len(pieces) == 1 and pieces[0].step is None:
+        return array[(*lead, pieces[0])]
+    return np.concatenate([array[(*lead, p)] for p in pieces], axis=axis)
 
 
 def tiles_from_strip(strip: np.ndarray, grid: TileGrid) -> np.ndarray:
