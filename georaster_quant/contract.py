@@ -19,7 +19,7 @@ def open_input(
     """Open ``path`` with its bands mapped onto the model's input bands.
 
     A band-count mismatch is an error before any pixel is read; a different dtype or pixel
-    size is a warning that says what differs.
+    size, or a raster without a CRS or geotransform, is a warning that says what differs.
     """
     info = read_info(path)
     chosen = select_bands(info, meta.input.band_names, bands)
@@ -31,7 +31,20 @@ def open_input(
             RasterMismatchWarning,
             stacklevel=2,
         )
-    if want.pixel_size and not np.allclose(reader.info.res, want.pixel_size, rtol=1e-3):
+    if reader.info.transform.is_identity:
+        warnings.warn(
+            f"{info.path}: no geotransform (GCPs or RPCs are not used); the map will be in "
+            "pixel coordinates",
+            RasterMismatchWarning,
+            stacklevel=2,
+        )
+    elif not reader.info.crs:
+        warnings.warn(
+            f"{info.path}: no CRS; the map will have none and its area per class is unknown",
+            RasterMismatchWarning,
+            stacklevel=2,
+        )
+    elif want.pixel_size and not np.allclose(reader.info.res, want.pixel_size, rtol=1e-3):
         warnings.warn(
             f"{info.path}: pixel size is {reader.info.res[0]:g} x {reader.info.res[1]:g}, the "
             f"model was trained on {want.pixel_size[0]:g} x {want.pixel_size[1]:g}",

@@ -9,6 +9,7 @@ half-written file at the output path.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -75,8 +76,9 @@ class RasterInfo:
 
     @property
     def res(self) -> tuple[float, float]:
-        """Pixel size (x, y) in CRS units."""
-        return abs(self.transform.a), abs(self.transform.e)
+        """Pixel size (x, y) in CRS units: the lengths of a pixel's sides, rotated or not."""
+        t = self.transform
+        return math.hypot(t.a, t.d), math.hypot(t.b, t.e)
 
 
 def _gdal_message(exc: BaseException) -> str:
@@ -317,14 +319,22 @@ def check_output_path(
     return out
 
 
-def ensure_folder(path: str | os.PathLike[str]) -> Path:
-    """Create an output folder whose parent exists; refuse a file or a missing parent."""
+def ensure_folder(path: str | os.PathLike[str], *, create: bool = True) -> Path:
+    """Create an output folder whose parent exists; refuse a file or a missing parent.
+
+    With ``create=False`` only the checks run, so that a command failing later leaves no
+    empty folder behind; it creates the folder once it writes.
+    """
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise OutputPathError(f"{folder}: is a file, not a folder")
-    if not folder.parent.is_dir():
-        raise OutputPathError(f"{folder}: folder {folder.parent} does not exist")
-    folder.mkdir(exist_ok=True)
+    parent = folder.parent
+    if parent.exists() and not parent.is_dir():
+        raise OutputPathError(f"{folder}: parent {parent} is a file, not a folder")
+    if not parent.is_dir():
+        raise OutputPathError(f"{folder}: folder {parent} does not exist")
+    if create:
+        folder.mkdir(exist_ok=True)
     return folder
 
 
@@ -332,8 +342,8 @@ def ensure_folder(path: str | os.PathLike[str]) -> Path:
 def atomic_path(path: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only on success.
 
-    The temporary may be a file or a folder. On failure it is removed and ``path`` is left as
-    it was.
+    The temporary may be a file or a folder; a folder at ``path`` is only ever replaced by a
+    folder. On failure it is removed and ``path`` is left as it was.
     """
     out = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".tmp{suffix}", dir=out.parent)
@@ -343,6 +353,8 @@ def atomic_path(path: str | os.PathLike[str], *, suffix: str = "") -> Iterator[P
     try:
         yield tmp
         if out.is_dir() and not out.is_symlink():
+            if not tmp.is_dir():
+                raise OutputPathError(f"{out}: is a folder; not replacing it with a file")
             _remove(out)
         os.replace(tmp, out)
     finally:

@@ -26,7 +26,7 @@ from typing import Any
 
 from georaster_quant.errors import OutputPathError, PublishError
 from georaster_quant.io import atomic_path
-from georaster_quant.runner import journal_exists
+from georaster_quant.runner import journal_exists, sidecars
 
 #: Where maps for s3:// outputs are built, if set; else a folder in the system's temp folder.
 STAGING_ENV = "GEORASTER_QUANT_STAGING"
@@ -184,12 +184,12 @@ class S3Output:
 
         Returns the run summary, whose ``output`` now names the map's URI.
         """
-        summary_path = out.with_name(out.name + ".json")
+        style_path, summary_path = sidecars(out)
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
         summary["output"] = self.uri_of(out)
         with atomic_path(summary_path) as tmp:
             tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        files = [out.with_suffix(".qml"), summary_path, out]
+        files = [style_path, summary_path, out]
         kept = f"; the finished map is kept in {out.parent}: rerun with --resume to upload it"
         for path in files:
             with _storage_errors(f"{self.uri_of(out)}: upload failed", kept):

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from georaster_quant import __version__
+from georaster_quant.area import PixelArea
 from georaster_quant.backend import Backend
 from georaster_quant.bundle import BundleMeta
 from georaster_quant.contract import open_input
@@ -64,11 +65,37 @@ def journal_exists(output: str | os.PathLike[str]) -> bool:
     return _parts_dir(Path(output)).is_dir()
 
 
-def _signature(meta: BundleMeta, image: str, grid: TileGrid, opts: PredictOptions) -> str:
-    """What a resumed run must share with the run that wrote the journal."""
+def sidecars(output: Path) -> tuple[Path, Path]:
+    """The files written beside a map: its QGIS style and its run summary."""
+    return output.with_suffix(".qml"), output.with_name(output.name + ".json")
+
+
+def check_outputs(image: str, output: Path, *, overwrite: bool) -> None:
+    """Refuse, before any work, a map or sidecar path that cannot be written.
+
+    None may be the input itself or an existing folder, and none may exist unless
+    ``overwrite`` (``--overwrite`` or ``--resume``) is given.
+    """
+    source = None if "://" in image else Path(image).resolve()
+    for path in (output, *sidecars(output)):
+        if path.resolve() == source:
+            raise OutputPathError(f"{path}: is the input raster itself; choose another output")
+    check_output_path(output, overwrite=overwrite)
+    for path in sidecars(output):
+        if path.is_dir():
+            raise OutputPathError(f"{path}: is a folder; the map's sidecar file would replace it")
+        if path.exists() and not overwrite:
+            raise OutputPathError(f"{path}: already exists (pass --overwrite to replace it)")
+
+
+def _signature(
+    meta: BundleMeta, image: str, grid: TileGrid, opts: PredictOptions, backend: str
+) -> str:
+    """What a resumed run must share with the run that wrote the journal or the map."""
     st = os.stat(image) if os.path.exists(image) else None
     payload = {
         "weights_sha256": meta.weights_info.sha256,
+        "backend": backend,
         "image": os.path.abspath(image) if st else image,
         "image_size": st.st_size if st else None,
         "image_mtime": st.st_mtime_ns if st else None,
@@ -216,9 +243,8 @@ def predict_raster(
     out = Path(output)
     if opts.resume and opts.overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
-    check_output_path(out, overwrite=opts.overwrite or opts.resume)
-    if out.exists() and opts.resume and not journal_exists(out):
-        raise OutputPathError(f"{out}: already complete; nothing to resume (use --overwrite)")
+    check_outputs(image, out, overwrite=opts.overwrite or opts.resume)
+    complete = out.exists() and not journal_exists(out)
     inference = model if hasattr(model, "rows") else LocalInference(model)  # type: ignore[arg-type]
     meta = inference.meta
     with open_input(image, meta, opts.bands) as reader:
@@ -226,7 +252,10 @@ def predict_raster(
         grid = TileGrid(
             info.height, info.width, meta.input.tile_size, opts.stride or meta.input.default_stride
         )
-        journal = Journal(_parts_dir(out), _signature(meta, image, grid, opts), opts.resume)
+        signature = _signature(meta, image, grid, opts, inference.name)
+        if opts.resume and complete:
+            return _finished_run(out, signature)
+        journal = Journal(_parts_dir(out), signature, opts.resume)
         n_rows, n_cols = grid.shape
         n_parts = -(-n_rows // PART_ROWS)
         todo = [p for p in range(n_parts) if p not in journal.done()]
@@ -255,8 +284,10 @@ def predict_raster(
             finished.close()
         transform = grid.output_transform(info.transform)
         crs = info.crs
-        pixel_area = abs(info.transform.a * info.transform.e)
-    classes_counts = _assemble(out, journal, grid, meta, n_parts, transform, crs, opts, inference)
+        pixel_area = PixelArea.of(info.transform, crs)
+    pixels, m2 = _assemble(
+        out, journal, grid, meta, n_parts, transform, crs, opts, inference, pixel_area
+    )
     seconds = time.perf_counter() - t0
     summary = {
         "input": image,
@@ -274,16 +305,37 @@ def predict_raster(
         "seconds": seconds,
         "mpx_per_s": grid.height * grid.width / 1e6 / max(seconds, 1e-9),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # Input pixels per class, and their ground area (null without a CRS).
         "area_per_class": {
-            c.name: {"m2": float(n * pixel_area), "ha": float(n * pixel_area / 1e4)}
-            for c, n in zip(meta.classes, classes_counts, strict=True)
+            c.name: {
+                "pixels": int(n),
+                "m2": float(a) if pixel_area.known else None,
+                "ha": float(a / 1e4) if pixel_area.known else None,
+            }
+            for c, n, a in zip(meta.classes, pixels, m2, strict=True)
         },
+        "area_method": pixel_area.kind,
         "package_version": __version__,
+        "run_signature": signature,
     }
-    with atomic_path(out.with_name(out.name + ".json")) as tmp:
+    with atomic_path(sidecars(out)[1]) as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     shutil.rmtree(journal.folder, ignore_errors=True)
     return summary
+
+
+def _finished_run(out: Path, signature: str) -> dict[str, Any]:
+    """``--resume`` of a finished map: its summary, marked skipped, if the same run made it."""
+    try:
+        summary = json.loads(sidecars(out)[1].read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        summary = {}
+    if summary.get("run_signature") != signature:
+        raise OutputPathError(
+            f"{out}: already complete, but not by this run (other settings, weights, backend or "
+            "input, or no run summary beside it); rerun with --overwrite"
+        )
+    return {**summary, "skipped": True}
 
 
 def _mpx(tiles: int, grid: TileGrid) -> float:
@@ -317,8 +369,9 @@ def _assemble(
     crs: str | None,
     opts: PredictOptions,
     inference: Inference,
-) -> np.ndarray:
-    """Write the map from the journal's parts; returns input pixels per class."""
+    pixel_area: PixelArea,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Write the map from the journal's parts; returns input pixels and m² per class."""
     from georaster_quant.tiling import Window
 
     k = len(meta.classes)
@@ -326,7 +379,9 @@ def _assemble(
     names = [c.name for c in meta.classes]
     band_names = ["class", "confidence"] + ([f"p_{n}" for n in names] if opts.probabilities else [])
     counts = np.zeros(k, dtype=np.int64)
+    m2 = np.zeros(k, dtype=np.float64)
     cell_w = np.minimum(grid.step, grid.width - np.arange(n_cols) * grid.step)
+    col_mid = np.arange(n_cols) * grid.step + cell_w / 2
     blocksize = 256 if max(n_rows, n_cols) > 512 else 64 if max(n_rows, n_cols) > 64 else 16
     with write_raster(
         out,
@@ -364,12 +419,15 @@ def _assemble(
                 stack.append(arrays["probabilities"])
             dst[Window(r0, 0, h, n_cols)] = np.concatenate(stack, axis=0)
             cell_h = np.minimum(grid.step, grid.height - (r0 + np.arange(h)) * grid.step)
-            area = cell_h[:, None] * cell_w[None, :]
+            pixels = cell_h[:, None] * cell_w[None, :]
+            row_mid = (r0 + np.arange(h)) * grid.step + cell_h / 2
+            ground = pixels * pixel_area.at(row_mid[:, None], col_mid[None, :])
             cls = arrays["classes"]
             for i in range(k):
-                counts[i] += int(area[cls == i].sum())
-    _write_qml(out.with_suffix(".qml"), meta)
-    return counts
+                counts[i] += int(pixels[cls == i].sum())
+                m2[i] += float(ground[cls == i].sum())
+    _write_qml(sidecars(out)[0], meta)
+    return counts, m2
 
 
 def _write_qml(path: Path, meta: Any) -> None:

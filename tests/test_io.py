@@ -354,6 +354,17 @@ def test_atomic_path_failure_leaves_nothing(tmp_path: Path) -> None:
     assert leftovers(tmp_path, set()) == []
 
 
+def test_atomic_path_never_replaces_a_folder_with_a_file(tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    (out / "keep.txt").parent.mkdir()
+    (out / "keep.txt").write_text("precious")
+    with pytest.raises(errors.OutputPathError, match="folder"):
+        with atomic_path(out) as tmp:
+            tmp.write_text("{}")
+    assert (out / "keep.txt").read_text() == "precious"
+    assert leftovers(tmp_path, {"result.json"}) == []
+
+
 def test_atomic_path_failure_keeps_the_old_file(tmp_path: Path) -> None:
     out = tmp_path / "result.bin"
     out.write_bytes(b"old")

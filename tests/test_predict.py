@@ -423,3 +423,119 @@ def test_batch_resume_skips_finished_maps(capsys, trained_bundle, small_scene, t
     assert code == 0, err
     assert stdout.count("already complete, skipped") == 2
     assert (out / "other_classes.tif").stat().st_mtime_ns == before
+
+
+# --------------------------------------------------------------------------- sidecars and resume
+
+
+def test_sidecar_paths_never_replace_the_input_a_folder_or_a_file_unasked(
+    capsys, trained_bundle, small_scene, tmp_path
+):
+    scene = tmp_path / "m.qml"  # the map m.tif would write its style over this input
+    scene.write_bytes(Path(small_scene[0]).read_bytes())
+    before = scene.read_bytes()
+    args = ["predict", "--weights", trained_bundle, "-q"]
+    code, _, err = run(capsys, *args, "--image", scene, "--output", tmp_path / "m.tif")
+    assert code == 2 and "input raster itself" in err and "m.qml" in err, err
+    assert scene.read_bytes() == before and not (tmp_path / "m.tif").exists()
+
+    folder = tmp_path / "n.tif.json"  # a folder where the run summary would go
+    (folder / "keep.txt").parent.mkdir()
+    (folder / "keep.txt").write_text("precious")
+    for extra in ([], ["--overwrite"]):
+        code, _, err = run(
+            capsys, *args, "--image", small_scene[0], "--output", tmp_path / "n.tif", *extra
+        )
+        assert code == 2 and "n.tif.json" in err and "folder" in err, err
+    assert (folder / "keep.txt").read_text() == "precious" and not (tmp_path / "n.tif").exists()
+
+    style = tmp_path / "o.qml"  # the user's own style beside a map not made yet
+    style.write_text("mine")
+    code, _, err = run(capsys, *args, "--image", small_scene[0], "--output", tmp_path / "o.tif")
+    assert code == 2 and "o.qml" in err and "--overwrite" in err, err
+    assert style.read_text() == "mine" and not (tmp_path / "o.tif").exists()
+
+
+def test_resume_of_a_finished_map_checks_that_the_same_run_made_it(
+    capsys, trained_bundle, small_scene, tmp_path
+):
+    out = tmp_path / "map.tif"
+    args = ["predict", "--weights", trained_bundle, "--image", small_scene[0], "--output", out]
+    code, _, err = run(capsys, *args, "--stride", "32", "-q")
+    assert code == 0, err
+    before = out.read_bytes()
+    code, stdout, err = run(capsys, *args, "--stride", "32", "--resume", "-q")
+    assert code == 0 and "already complete, skipped" in stdout, err
+    code, _, err = run(capsys, *args, "--stride", "16", "--resume", "-q")
+    assert code == 2 and "not by this run" in err and "--overwrite" in err, err
+    other = tmp_path / "other.tif"
+    other.write_bytes(Path(small_scene[0]).read_bytes())
+    args[args.index(small_scene[0])] = other
+    code, _, err = run(capsys, *args, "--stride", "32", "--resume", "-q")
+    assert code == 2 and "not by this run" in err, err  # same pixels, another input file
+    assert out.read_bytes() == before
+
+
+# --------------------------------------------------------------------------- area per class
+
+
+def _areas(capsys, bundle, image: Path, out: Path) -> tuple[dict, str]:
+    code, _, err = run(capsys, "predict", "--weights", bundle, "--image", image, "--output", out)
+    assert code == 0, err
+    return json.loads(out.with_name(out.name + ".json").read_text()), err
+
+
+BLOCK = np.full((4, 40, 50), 1500, dtype="uint16")
+
+
+def test_area_of_a_rotated_projected_grid_is_its_determinant(
+    capsys, trained_bundle, make_tif, tmp_path
+):
+    from affine import Affine
+
+    rotated = Affine.translation(500_000, 5_000_000) @ Affine.rotation(30) @ Affine.scale(10, -10)
+    image = make_tif("rotated.tif", BLOCK, transform=rotated)
+    summary, err = _areas(capsys, trained_bundle, image, tmp_path / "map.tif")
+    m2 = sum(v["m2"] for v in summary["area_per_class"].values())
+    assert summary["area_method"] == "planar"
+    assert m2 == pytest.approx(40 * 50 * 100.0)
+    assert sum(v["pixels"] for v in summary["area_per_class"].values()) == 40 * 50
+    assert "pixel size" not in err  # 10 x 10 like the training scene, rotated or not
+
+
+def test_area_of_a_geographic_grid_is_ellipsoidal(capsys, trained_bundle, make_tif, tmp_path):
+    from affine import Affine
+    from pyproj import Geod
+
+    step = 0.0001  # about 11 m x 8 m at 45 degrees north
+    transform = Affine(step, 0, 10.0, 0, -step, 45.0)
+    image = make_tif("wgs84.tif", BLOCK, transform=transform, crs="EPSG:4326")
+    summary, _ = _areas(capsys, trained_bundle, image, tmp_path / "map.tif")
+    m2 = sum(v["m2"] for v in summary["area_per_class"].values())
+    lons = [10.0, 10.0 + 50 * step, 10.0 + 50 * step, 10.0]
+    lats = [45.0, 45.0, 45.0 - 40 * step, 45.0 - 40 * step]
+    expected, _ = Geod(ellps="WGS84").polygon_area_perimeter(lons, lats)
+    assert summary["area_method"] == "ellipsoidal"
+    assert m2 == pytest.approx(abs(expected), rel=1e-5)
+
+
+def test_no_crs_is_a_warning_and_areas_are_unknown(capsys, trained_bundle, make_tif, tmp_path):
+    image = make_tif("nocrs.tif", BLOCK, crs=None)
+    out = tmp_path / "map.tif"
+    summary, err = _areas(capsys, trained_bundle, image, out)
+    assert "nocrs.tif: no CRS" in err
+    assert summary["area_method"] == "unknown"
+    assert all(v["m2"] is None and v["ha"] is None for v in summary["area_per_class"].values())
+    with rasterio.open(out) as src:
+        assert src.crs is None
+
+
+@pytest.mark.parametrize("bands", ["1,,2,3", "", "0,1,2,3", "4,3,2,x"])
+def test_bad_band_lists_are_usage_errors(capsys, trained_bundle, small_scene, tmp_path, bands):
+    out = tmp_path / "map.tif"
+    code, _, err = run(
+        capsys, "predict", "--weights", trained_bundle, "--image", small_scene[0],
+        "--output", out, "--bands", bands,
+    )  # fmt: skip
+    assert code == 2 and "--bands" in err and repr(bands) in err, err
+    assert not out.exists()

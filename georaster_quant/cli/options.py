@@ -38,11 +38,13 @@ def parse_bands(
     if value is None:
         return None
     try:
-        bands = [int(v) for v in str(value).split(",") if v.strip()]
+        bands = [int(v) for v in str(value).split(",")]
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated band numbers, got {value!r}") from None
-    if not bands or min(bands) < 1:
-        raise click.BadParameter("band numbers start at 1")
+        raise click.BadParameter(
+            f"expected comma-separated band numbers such as 3,2,1,4, got {value!r}"
+        ) from None
+    if min(bands) < 1:
+        raise click.BadParameter(f"band numbers start at 1, got {value!r}")
     return bands
 
 

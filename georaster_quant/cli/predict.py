@@ -153,10 +153,9 @@ def command(
       georaster-quant predict --weights /shared/best --image /shared/big.tif \\
           --output /shared/big_classes.tif --scheduler tcp://scheduler:8786
     """
-    from georaster_quant.errors import OutputPathError
-    from georaster_quant.io import check_output_path, ensure_folder
+    from georaster_quant.io import ensure_folder
     from georaster_quant.publish import S3Output, is_remote_output
-    from georaster_quant.runner import PredictOptions
+    from georaster_quant.runner import PredictOptions, check_outputs
 
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite exclude each other")
@@ -173,9 +172,7 @@ def command(
     if len(outputs) > 1 or outputs[0].parent != Path(local).parent:
         ensure_folder(local)
     for src, out in zip(inputs, outputs, strict=True):  # checked before any work starts
-        if "://" not in src and Path(src).resolve() == out.resolve():
-            raise OutputPathError(f"{out}: is the input raster itself; choose another output")
-        check_output_path(out, overwrite=overwrite or resume)
+        check_outputs(src, out, overwrite=overwrite or resume)
     opts = PredictOptions(
         stride=stride,
         batch_size=batch_size,
@@ -209,15 +206,14 @@ def _run_all(
 ) -> None:
     """One map per input; a bad input is reported and skipped (exit 2 at the end)."""
     from georaster_quant.errors import GeoRasterQuantError
-    from georaster_quant.runner import THIS_PROCESS, journal_exists, predict_raster
+    from georaster_quant.runner import THIS_PROCESS, predict_raster
 
     run = remote.publishing(predict_raster) if remote else predict_raster
     failed: list[tuple[str, str]] = []
     rows = []
     for src, out in zip(inputs, outputs, strict=True):
-        finished = remote.done(out) if remote else out.exists() and not journal_exists(out)
-        if opts.resume and finished:
-            click.echo(f"{remote.uri_of(out) if remote else out}: already complete, skipped")
+        if opts.resume and remote and remote.done(out):
+            click.echo(f"{remote.uri_of(out)}: already complete, skipped")
             continue
         try:
             s = run(model, src, out, opts)
@@ -226,6 +222,9 @@ def _run_all(
                 raise
             failed.append((src, str(exc)))
             click.echo(f"Error: {exc}", err=True)
+            continue
+        if s.get("skipped"):  # --resume of a map this same run had finished
+            click.echo(f"{out}: already complete, skipped")
             continue
         rows.append(s)
         where = "" if s.get("ran_on", THIS_PROCESS) == THIS_PROCESS else f" on {s['ran_on']}"
