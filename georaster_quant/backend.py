@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Protocol
@@ -69,6 +70,24 @@ class TorchBackend:
             return softmax(logits.float().numpy())
 
 
+@contextlib.contextmanager
+def _native_stderr_muted() -> Any:
+    """Mute what C++ code prints straight to file descriptor 2 meanwhile.
+
+    ``torch.jit.load`` of a quantized file prints torch's deprecation notice for quantized
+    tensors from C++, past Python's warning filters. Only for short, single-threaded steps.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 class TorchScriptBackend:
     """A TorchScript file written by ``georaster-quant export``."""
 
@@ -88,7 +107,7 @@ class TorchScriptBackend:
         if self.meta.quant_type != "fp32":
             torch.backends.quantized.engine = self.meta.quantization.engine or "fbgemm"
         try:
-            with quiet():
+            with quiet(), _native_stderr_muted():
                 self.module = torch.jit.load(os.fspath(path), map_location="cpu").eval()
         except RuntimeError as exc:
             first = str(exc).splitlines()[0]

@@ -289,6 +289,9 @@ def load_state_dict(path: str | os.PathLike[str], meta: BundleMeta) -> dict[str,
         raise BundleError(
             f"{weights}: not a plain tensor state dict; refusing to load it ({first})"
         ) from None
+    except OSError as exc:  # e.g. a truncated archive
+        reason = exc.strerror or exc
+        raise BundleError(f"{weights}: not a readable weight file ({reason})") from None
     if not isinstance(state, dict):
         raise BundleError(f"{weights}: holds a {type(state).__name__}, not a state dict")
     return state

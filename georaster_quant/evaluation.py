@@ -77,10 +77,14 @@ def score_models(
                 with RasterReader(labels) as lab:
                     check_label_grid(img, lab)
                     truth = cell_labels(lab, stride, k)
+                if not (truth >= 0).any():
+                    raise RasterContractError(f"{labels}: no labelled cells to score")
             elif truth.max(initial=-1) >= k:
                 raise RasterContractError(f"{w}: has {k} classes, fewer than the labels use")
             pred = predict_grid(model, img, stride=stride, batch_size=batch_size, progress=progress)
         scored = (truth >= 0) & pred.valid
+        if not scored.any():
+            raise RasterContractError(f"{image}: every labelled cell is nodata; nothing to score")
         cm = confusion_matrix(truth[scored], pred.classes[scored], k)
         if first_pred is None:
             first_pred = pred.classes

@@ -213,6 +213,11 @@ def export_bundle(
             "with static_int8 or per_channel_int8"
         )
     out = check_output_path(output or default_output(weights, fmt), overwrite=overwrite)
+    if (out.suffix == ".onnx") != (fmt == "onnx"):  # the backend is chosen by the suffix
+        raise ConfigError(
+            f"{out}: a {fmt} export needs a {Path(FILE_NAMES[fmt]).suffix} file name "
+            "(.onnx runs on ONNX Runtime, any other on TorchScript)"
+        )
     values = metadata(bundle.meta, fmt, Path(weights))
     sample = _sample(bundle)
     with atomic_path(out, suffix=out.suffix) as tmp:

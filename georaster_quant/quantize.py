@@ -200,7 +200,26 @@ def _convert(prepared: nn.Module) -> nn.Module:
     import torch.ao.quantization as tq
 
     prepared.eval()
-    return tq.convert(prepared, inplace=False)
+    return _fold_float_bn(tq.convert(prepared, inplace=False))
+
+
+def _fold_float_bn(module: nn.Module) -> nn.Module:
+    """Fold the BatchNorm of blocks QAT kept in FP32 into their conv.
+
+    QAT fuses conv-BN-ReLU for training, and a block left in FP32 keeps its BN; eval-mode
+    fusion (what static quantization and :func:`rebuild` do) folds it. Folding here gives both
+    the same structure and state dict, and the same outputs in eval mode.
+    """
+    import torch.ao.nn.intrinsic as nni
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nni.ConvBnReLU2d:
+                conv, bn, relu = child
+                fused = fuse_conv_bn_eval(conv.eval(), bn.eval())
+                setattr(parent, name, nni.ConvReLU2d(fused, relu))
+    return module
 
 
 def _to_fp16(model: GeoRasterCNN, compute: str) -> nn.Module:

@@ -223,14 +223,16 @@ def quantize_bundle(
     static = opts.quant_type in ("static_int8", "per_channel_int8")
     if static and not opts.data:
         raise ConfigError(f"a calibration raster is required for {opts.quant_type} (--data)")
-    if opts.max_accuracy_drop is not None and opts.max_accuracy_drop < 0:
-        raise ConfigError("--max-accuracy-drop must be >= 0 percentage points")
+    if opts.max_accuracy_drop is not None and not opts.max_accuracy_drop >= 0:  # NaN too
+        raise ConfigError(
+            f"--max-accuracy-drop must be >= 0 percentage points, got {opts.max_accuracy_drop}"
+        )
     if opts.labels and not opts.data:
         raise ConfigError("--labels goes with --data (the raster the labels belong to)")
-    out_root = ensure_folder(output)
-    target = check_output_path(
-        out_root / f"{meta.model_name}_{opts.quant_type}", overwrite=overwrite, folder=True
-    )
+    out_root = ensure_folder(output, create=False)  # made only when the bundle is written
+    target = out_root / f"{meta.model_name}_{opts.quant_type}"
+    if out_root.is_dir():
+        check_output_path(target, overwrite=overwrite, folder=True)
 
     fp32 = Bundle(weights)
     fill = np.asarray(meta.input.fill_values, dtype=np.float32)
@@ -290,6 +292,7 @@ def quantize_bundle(
             )
         written.update(bundle=bundle, measured=again, size=bundle.size_bytes)
 
+    out_root.mkdir(exist_ok=True)
     details = _save(
         target, fp32, best, meta, ref, calib, split, steps, sensitivity, opts, overwrite, verify
     )

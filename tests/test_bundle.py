@@ -246,6 +246,13 @@ def test_pickled_module_is_refused_even_with_a_matching_checksum(bundle_copy: Pa
     _refused(bundle_copy, "refusing")
 
 
+def test_truncated_weights_with_a_matching_checksum_are_refused(bundle_copy: Path) -> None:
+    weights = bundle_copy / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    _record_weights(bundle_copy)
+    _refused(bundle_copy, "not a readable weight file|refusing")
+
+
 class _Payload:
     """Unpickling this calls ``os.mkdir(marker)``: code that must never run on load."""
 

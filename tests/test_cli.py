@@ -320,6 +320,7 @@ EVALUATE_CASES = {
     "labels-size": (lambda b, m: _evaluate(b, m, labels=b.labels_small), "labels_small"),
     "labels-transform": (lambda b, m: _evaluate(b, m, labels=b.labels_shifted), "labels_shifted"),
     "labels-values": (lambda b, m: _evaluate(b, m, labels=b.labels_nine), "labels_nine"),
+    "labels-all-nodata": (lambda b, m: _evaluate(b, m, labels=b.labels_empty), "labels_empty"),
     "three-bands": (lambda b, m: _evaluate(b, m, image=b.three), "three"),
     "json-parent-missing": (
         lambda b, m: _evaluate(b, m, json_path=b.dir / "nope" / "e.json"),

@@ -247,6 +247,32 @@ def test_unknown_format_is_a_usage_error(capsys, trained_bundle):
     assert code == 2 and "tflite" in err
 
 
+def test_int8_torchscript_backend_prints_no_torch_deprecation_notice(exported, small_scene):
+    # torch.jit.load of quantized tensors prints a C++ warning straight to stderr.
+    code = (
+        "import sys, numpy as np; from georaster_quant.backend import open_backend; "
+        "b = open_backend(sys.argv[1]); b(np.full((2, 4, 64, 64), 900, np.float32)); print('ran')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(exported("int8", "torchscript"))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and done.stdout == "ran\n", done.stderr
+    assert done.stderr == ""
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("torchscript", "m.onnx"), ("onnx", "m.pt")])
+def test_output_name_must_fit_the_format(capsys, trained_bundle, tmp_path, fmt, name):
+    target = tmp_path / name
+    code, _, err = run(
+        capsys, "export", "--weights", trained_bundle, "--format", fmt, "--output", target
+    )
+    _one_line_error(code, err, target)
+    assert ".tmp" not in err and not target.exists() and list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("where", ["missing", "file"])
 def test_bad_output_folder(capsys, trained_bundle, tmp_path, where):
     parent = tmp_path / "nope"

@@ -408,6 +408,8 @@ ROUND_TRIP = {
         "per_channel_int8",
         {"observer": "minmax", "fp32_layers": ("blocks.0",)},
     ),
+    # QAT fuses conv-BN for training; a block it keeps in FP32 must still reload.
+    "qat_int8-fp32_stem": ("qat_int8", {"fp32_layers": ("blocks.0",)}),
 }
 
 

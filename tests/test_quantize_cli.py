@@ -63,9 +63,8 @@ def run_quiet(*args: object) -> tuple[int, str, str]:
 
 
 def assert_nothing_left(folder: Path) -> None:
-    """Nothing at all (no bundle, no temporary) inside ``folder``, if it exists."""
-    if folder.exists():
-        assert sorted(p.name for p in folder.iterdir()) == []
+    """No ``folder`` at all: a failed command creates no output folder, not even an empty one."""
+    assert not folder.exists(), sorted(p.name for p in folder.iterdir())
 
 
 def load_json(path: Path) -> dict[str, Any]:
