@@ -116,27 +116,44 @@ class CellRows:
             "filled": np.zeros(n, bool),
         }
 
-    def add(self, batch: TileBatch, probs: np.ndarray) -> list[int]:
-        """File a batch's class probabilities; returns the rows it completed."""
+    def decide(self, batch: TileBatch, probs: np.ndarray) -> dict[str, np.ndarray]:
+        """The map's uint8 values for each tile of a batch.
+
+        ``classes`` and ``confidence`` ``(n,)`` and, with ``probabilities``,
+        ``probabilities`` ``(K, n)``; mostly-nodata cells get :data:`NODATA_CLASS`.
+        """
         keep = batch.valid_fraction >= MIN_VALID_FRACTION
-        cls = np.where(keep, probs.argmax(axis=1), NODATA_CLASS).astype(np.uint8)
-        conf = np.where(keep, np.rint(probs.max(axis=1) * 100), NODATA_CLASS).astype(np.uint8)
+        conf = np.rint(probs.max(axis=1) * 100)
+        decided = {
+            "classes": np.where(keep, probs.argmax(axis=1), NODATA_CLASS).astype(np.uint8),
+            "confidence": np.where(keep, conf, NODATA_CLASS).astype(np.uint8),
+        }
+        if self.probabilities:
+            pct = np.where(keep[:, None], np.rint(probs * 100), NODATA_CLASS)
+            decided["probabilities"] = pct.astype(np.uint8).T
+        return decided
+
+    def file(self, rows: np.ndarray, cols: np.ndarray, decided: dict[str, np.ndarray]) -> list[int]:
+        """File decided tiles at output ``(rows, cols)``; returns the rows they completed."""
         done = []
-        for r in np.unique(batch.rows).tolist():
-            sel = batch.rows == r
+        for r in np.unique(rows).tolist():
+            sel = rows == r
             row = self._rows.get(r)
             if row is None:
                 row = self._rows[r] = self._new_row()
-            c = batch.cols[sel] - self.col0
-            row["classes"][c] = cls[sel]
-            row["confidence"][c] = conf[sel]
+            c = cols[sel] - self.col0
+            row["classes"][c] = decided["classes"][sel]
+            row["confidence"][c] = decided["confidence"][sel]
             if self.probabilities:
-                pct = np.where(keep[sel, None], np.rint(probs[sel] * 100), NODATA_CLASS)
-                row["probabilities"][:, c] = pct.astype(np.uint8).T
+                row["probabilities"][:, c] = decided["probabilities"][:, sel]
             row["filled"][c] = True
             if row["filled"].all():
                 done.append(r)
         return done
+
+    def add(self, batch: TileBatch, probs: np.ndarray) -> list[int]:
+        """File a batch's class probabilities; returns the rows it completed."""
+        return self.file(batch.rows, batch.cols, self.decide(batch, probs))
 
     def pop(self, row: int) -> dict[str, np.ndarray]:
         """Take a finished row out: ``classes``, ``confidence``, ``probabilities``."""

@@ -3,10 +3,11 @@
 A reader thread streams batches of tiles (each block of the input decoded once) into a
 bounded queue; the calling thread runs the backend; finished rows of output cells go to a
 journal of parts beside the output (``.{name}.parts/``, one ``.npz`` per block of output rows,
-written atomically), so a killed run resumes where it stopped. When every part is there the
-map is assembled window by window into a tiled, compressed GeoTIFF (or a COG with mode
-overviews) built beside the output and moved into place at the end, with a QGIS style (``.qml``)
-and a run summary (``map.tif.json``) beside it.
+written atomically). Each batch's decisions are appended to a log there first, so a killed run
+resumes where it stopped and infers again at most the batch it was on. When every part is
+there the map is assembled window by window into a tiled, compressed GeoTIFF (or a COG with
+mode overviews) built beside the output and moved into place at the end, with a QGIS style
+(``.qml``) and a run summary (``map.tif.json``) beside it.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import os
 import queue
 import resource
 import shutil
+import struct
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,6 +42,9 @@ from georaster_quant.tiling import TileGrid
 #: Output rows per journal part (and per window of the assembled map).
 PART_ROWS = 64
 QUEUE_DEPTH = 4
+#: A log record's header: magic, tiles, probability rows (0, or the number of classes).
+_LOG_HEADER = struct.Struct("<4sII")
+_LOG_MAGIC = b"GQL1"
 
 
 @dataclass(frozen=True)
@@ -116,8 +121,8 @@ class Journal:
         if folder.exists() and resume:
             if not sig_file.is_file() or sig_file.read_text() != signature:
                 raise ConfigError(
-                    f"{folder}: the interrupted run used other settings, weights or input; "
-                    "rerun with --overwrite"
+                    f"{folder}: the interrupted run used other settings, weights, backend or "
+                    "input; rerun with --overwrite"
                 )
         else:
             if folder.exists():
@@ -130,15 +135,89 @@ class Journal:
         return {int(p.stem.split("_")[1]) for p in self.folder.glob("part_*.npz")}
 
     def save(self, index: int, arrays: dict[str, np.ndarray]) -> None:
-        """Write one part atomically (a kill leaves either the whole part or none)."""
+        """Write one part atomically (a kill leaves either the whole part or none).
+
+        Logs of earlier parts are dropped: every tile they hold is now in a part (a batch
+        that starts in part ``i`` ends in part ``i + 1`` at the latest).
+        """
         tmp = self.folder / f".part_{index:06d}.tmp.npz"
         np.savez(tmp, **arrays)
         os.replace(tmp, self.folder / f"part_{index:06d}.npz")
+        for log in self.folder.glob("log_*.bin"):
+            if int(log.stem.split("_")[1]) < index:
+                log.unlink(missing_ok=True)
+
+    def log(self, rows: np.ndarray, cols: np.ndarray, decided: dict[str, np.ndarray]) -> None:
+        """Append one batch's decided tiles (:meth:`CellRows.decide`) to its part's log.
+
+        One unbuffered write per batch: a killed process loses at most the batch it was
+        inferring, and a torn record at the end of a log is ignored when it is read.
+        """
+        probs = decided.get("probabilities")
+        k = 0 if probs is None else probs.shape[0]
+        record = [
+            _LOG_HEADER.pack(_LOG_MAGIC, len(rows), k),
+            rows.astype("<i4").tobytes(),
+            cols.astype("<i4").tobytes(),
+            decided["classes"].tobytes(),
+            decided["confidence"].tobytes(),
+        ]
+        if k:
+            record.append(np.ascontiguousarray(probs).tobytes())
+        part = int(rows[0]) // PART_ROWS
+        with open(self.folder / f"log_{part:06d}.bin", "ab", buffering=0) as f:
+            f.write(b"".join(record))
+
+    def logged(self, n_cols: int, k: int) -> dict[int, tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """Rows of unsaved parts with logged tiles: ``row -> (filled, arrays)``, full width.
+
+        ``filled`` says which columns the log holds; ``arrays`` are ``classes``,
+        ``confidence`` and (when ``k``) ``probabilities`` ``(k, n_cols)``.
+        """
+        saved = self.done()
+        out: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
+        for path in sorted(self.folder.glob("log_*.bin")):
+            for rows, cols, decided in _log_records(path.read_bytes(), k):
+                for r in np.unique(rows).tolist():
+                    if r // PART_ROWS in saved:
+                        continue
+                    if r not in out:
+                        arrays = {
+                            "classes": np.full(n_cols, NODATA_CLASS, np.uint8),
+                            "confidence": np.full(n_cols, NODATA_CLASS, np.uint8),
+                            "probabilities": np.full((k, n_cols), NODATA_CLASS, np.uint8),
+                        }
+                        out[r] = (np.zeros(n_cols, bool), arrays)
+                    filled, arrays = out[r]
+                    sel = rows == r
+                    for name, values in decided.items():
+                        arrays[name][..., cols[sel]] = values[..., sel]
+                    filled[cols[sel]] = True
+        return out
 
     def load(self, index: int) -> dict[str, np.ndarray]:
         """The arrays of one part."""
         with np.load(self.folder / f"part_{index:06d}.npz") as z:
             return {k: z[k] for k in z.files}
+
+
+def _log_records(data: bytes, k: int) -> Iterator[tuple[np.ndarray, np.ndarray, dict]]:
+    """The whole records of a log: ``(rows, cols, decided)``; a torn tail is left out."""
+    pos = 0
+    while pos + _LOG_HEADER.size <= len(data):
+        magic, n, rk = _LOG_HEADER.unpack_from(data, pos)
+        size = n * (4 + 4 + 1 + 1 + rk)
+        start = pos + _LOG_HEADER.size
+        if magic != _LOG_MAGIC or rk != k or start + size > len(data):
+            return
+        rows = np.frombuffer(data, "<i4", n, start)
+        cols = np.frombuffer(data, "<i4", n, start + 4 * n)
+        tail = np.frombuffer(data, np.uint8, n * (2 + rk), start + 8 * n)
+        decided = {"classes": tail[:n], "confidence": tail[n : 2 * n]}
+        if rk:
+            decided["probabilities"] = tail[2 * n :].reshape(rk, n)
+        yield rows, cols, decided
+        pos = start + size
 
 
 #: ``ran_on`` of a run classified in this process.
@@ -170,22 +249,45 @@ class LocalInference:
         self.ran_on = THIS_PROCESS
 
     def rows(
-        self, image: str, reader: Any, grid: TileGrid, rows: Sequence[int], opts: PredictOptions
+        self,
+        image: str,
+        reader: Any,
+        grid: TileGrid,
+        rows: Sequence[int],
+        opts: PredictOptions,
+        *,
+        head: tuple[int, dict[str, np.ndarray]] | None = None,
+        log: Callable[[np.ndarray, np.ndarray, dict[str, np.ndarray]], None] | None = None,
     ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-        """Classify ``rows`` of ``reader`` (open on ``image``), reading and inferring at once."""
+        """Classify ``rows`` of ``reader`` (open on ``image``), reading and inferring at once.
+
+        ``head`` is ``(m, arrays)``: the first ``m`` tiles of the first row are decided
+        already (full-width ``arrays`` of a resumed run) and are not inferred again. ``log``
+        receives each batch's decided tiles before their rows are yielded.
+        """
         fill = np.asarray(self.meta.input.fill_values, dtype=np.float32)
         cells = CellRows(grid.shape[1], len(self.meta.classes), opts.probabilities)
+        skip = 0
+        if head is not None and rows:
+            skip, arrays = head
+            done = {name: values[..., :skip] for name, values in arrays.items()}
+            cells.file(np.full(skip, rows[0]), np.arange(skip), done)
         q: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
         stop = threading.Event()
         thread = threading.Thread(
-            target=_reader_thread, args=(reader, grid, fill, opts, rows, q, stop), daemon=True
+            target=_reader_thread,
+            args=(reader, grid, fill, opts, rows, skip, q, stop),
+            daemon=True,
         )
         thread.start()
         try:
             while (item := q.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                for row in cells.add(item, self.backend(item.data)):
+                decided = cells.decide(item, self.backend(item.data))
+                if log is not None:
+                    log(item.rows, item.cols, decided)
+                for row in cells.file(item.rows, item.cols, decided):
                     yield row, cells.pop(row)
         finally:
             _stop_reader(thread, q, stop)
@@ -197,15 +299,17 @@ def _reader_thread(
     fill: np.ndarray,
     opts: PredictOptions,
     rows: Sequence[int],
+    skip: int,
     out: queue.Queue,
     stop: threading.Event,
 ) -> None:
     """Stream batches of the given output rows into ``out``; an exception is passed on.
 
-    Stops early when ``stop`` is set (the consumer failed and drains the queue).
+    The first ``skip`` tiles of the first row are left out. Stops early when ``stop`` is set
+    (the consumer failed and drains the queue).
     """
     try:
-        for batch in iter_batches(reader, grid, fill, opts.batch_size, rows=rows):
+        for batch in iter_batches(reader, grid, fill, opts.batch_size, rows=rows, skip=skip):
             if stop.is_set():
                 return
             out.put(batch)
@@ -261,15 +365,25 @@ def predict_raster(
         todo = [p for p in range(n_parts) if p not in journal.done()]
         rows = [r for p in todo for r in range(p * PART_ROWS, min((p + 1) * PART_ROWS, n_rows))]
         pending: dict[int, dict[str, np.ndarray]] = {}
+        local = isinstance(inference, LocalInference)
+        head = None
+        if local and opts.resume:  # rows and the first row's tiles the log holds
+            pending, head = _from_log(journal, rows, n_cols, len(meta.classes), opts)
+            rows = [r for r in rows if r not in pending]
+            for part in sorted({r // PART_ROWS for r in pending}):
+                _flush_if_complete(part, pending, journal, n_rows)
+        skip = head[0] if head else 0
+        inferred = len(rows) * n_cols - skip
         bar = progress_bar(
-            total=len(rows) * n_cols, unit="tile", desc=Path(image).name, enabled=opts.progress
+            total=inferred, unit="tile", desc=Path(image).name, enabled=opts.progress
         )
-        finished = inference.rows(image, reader, grid, rows, opts)
+        more = {"head": head, "log": journal.log} if local else {}
+        finished = inference.rows(image, reader, grid, rows, opts, **more)
         try:
             for row, arrays in finished:
                 pending[row] = arrays
                 _flush_if_complete(row // PART_ROWS, pending, journal, n_rows)
-                bar.update(n_cols)
+                bar.update(n_cols - (skip if row == rows[0] else 0))
                 bar.set_postfix(
                     mpx_s=f"{_mpx(bar.n, grid) / max(bar.format_dict['elapsed'], 1e-9):.1f}"
                 )
@@ -300,8 +414,8 @@ def predict_raster(
         "tile_size": grid.tile_size,
         "grid": list(grid.shape),
         "tiles_total": len(grid),
-        "tiles_inferred": len(rows) * n_cols,
-        "resumed": bool(opts.resume and len(rows) < n_rows),
+        "tiles_inferred": inferred,
+        "resumed": bool(opts.resume and inferred < len(grid)),
         "seconds": seconds,
         "mpx_per_s": grid.height * grid.width / 1e6 / max(seconds, 1e-9),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -322,6 +436,29 @@ def predict_raster(
         tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     shutil.rmtree(journal.folder, ignore_errors=True)
     return summary
+
+
+def _from_log(
+    journal: Journal, rows: list[int], n_cols: int, k: int, opts: PredictOptions
+) -> tuple[dict[int, dict[str, np.ndarray]], tuple[int, dict[str, np.ndarray]] | None]:
+    """What an interrupted run's log holds of ``rows``.
+
+    Returns the whole rows it holds, and the tiles decided at the start of the first row still
+    missing: ``(m, arrays)`` for its first ``m`` tiles, or None.
+    """
+    logged = journal.logged(n_cols, k if opts.probabilities else 0)
+    whole = {}
+    for r, (filled, arrays) in logged.items():
+        if filled.all():
+            whole[r] = arrays
+    rest = [r for r in rows if r not in whole]
+    if not rest or rest[0] not in logged:
+        return whole, None
+    filled, arrays = logged[rest[0]]
+    m = int(np.argmin(filled))  # the first tile not decided
+    if m == 0 or filled[m:].any():  # only a run of tiles from the row's start is usable
+        return whole, None
+    return whole, (m, arrays)
 
 
 def _finished_run(out: Path, signature: str) -> dict[str, Any]:

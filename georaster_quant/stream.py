@@ -128,10 +128,14 @@ def iter_batches(
     fill_values: np.ndarray,
     batch_size: int,
     rows: Sequence[int] | None = None,
+    skip: int = 0,
 ) -> Iterator[TileBatch]:
-    """Batches of filled tiles in grid order (of ``rows`` only, if given); the last may be short."""
+    """Batches of filled tiles in grid order (of ``rows`` only, if given); the last may be short.
+
+    The first ``skip`` tiles of the first row are left out (a resumed run has them).
+    """
     strips = iter_row_strips(reader, grid, rows)
-    return batch_strips(strips, grid, fill_values, batch_size, reader.to_physical)
+    return batch_strips(strips, grid, fill_values, batch_size, reader.to_physical, skip=skip)
 
 
 def batch_strips(
@@ -141,12 +145,14 @@ def batch_strips(
     batch_size: int,
     to_physical: Callable[[np.ndarray], np.ndarray],
     col0: int = 0,
+    skip: int = 0,
 ) -> Iterator[TileBatch]:
     """Batches of filled tiles from ``(row, raw, valid)`` strips; the last may be short.
 
     A strip holds the tiles of one output row from column ``col0`` on (the whole row for the
     streaming reader, one block's columns for the lazy dask path), raw values in the file's
-    dtype; ``to_physical`` turns them into float32 physical values.
+    dtype; ``to_physical`` turns them into float32 physical values. The first ``skip`` tiles
+    of the first strip are left out.
     """
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, not {batch_size}")
@@ -157,7 +163,7 @@ def batch_strips(
         raw_tiles, valid_tiles = tiles_from_strip(raw, grid), tiles_from_strip(valid, grid)
         # Convert only what the current batch still needs: float32 copies stay batch-sized,
         # not row-sized, and a batch within one row needs no further copy.
-        c = 0
+        c, skip = skip, 0
         while c < len(raw_tiles):
             n = min(batch_size - count, len(raw_tiles) - c)
             vtiles = valid_tiles[c : c + n]

@@ -13,7 +13,13 @@ from synth_helpers import run_cli
 from georaster_quant.backend import open_backend
 from georaster_quant.export import export_bundle
 from georaster_quant.predict import predict_grid
-from georaster_quant.runner import PredictOptions, _parts_dir, predict_raster
+from georaster_quant.runner import (
+    PART_ROWS,
+    PredictOptions,
+    _log_records,
+    _parts_dir,
+    predict_raster,
+)
 from georaster_quant.synth import SceneSpec, generate_scene
 
 pytest_plugins = ["conftest_synth"]
@@ -149,12 +155,31 @@ def test_resume_after_an_interruption_gives_the_same_map(trained_bundle, unseen_
     resumed = predict_raster(
         backend, unseen_scene, out, PredictOptions(stride=4, batch_size=256, resume=True)
     )
-    assert resumed["tiles_inferred"] < total["tiles_total"]
-    assert resumed["tiles_inferred"] <= total["tiles_total"] - 64 * 112 + 256
+    # The 30 batches decided before the crash are not inferred again (112 x 80 tiles).
+    assert resumed["tiles_inferred"] == total["tiles_total"] - 30 * 256
     a, _ = read(out)
     b, _ = read(tmp_path / "whole.tif")
     assert np.array_equal(a, b)
     assert ref["tiles_total"] == 56 * 40
+
+
+def test_resume_mid_row_with_probabilities_twice(trained_bundle, unseen_scene, tmp_path):
+    import dataclasses
+
+    backend = open_backend(trained_bundle)
+    opts = PredictOptions(stride=4, batch_size=48, probabilities=True)  # rows of 80 tiles
+    whole = predict_raster(backend, unseen_scene, tmp_path / "whole.tif", opts)
+    out = tmp_path / "map.tif"
+    with pytest.raises(_Crash):  # 7 x 48 tiles: 4 rows and 16 tiles of the fifth
+        predict_raster(_Crashing(backend, 7), unseen_scene, out, opts)
+    again = dataclasses.replace(opts, resume=True)
+    with pytest.raises(_Crash):  # 50 x 48 more, from the fifth row's 17th tile on
+        predict_raster(_Crashing(backend, 50), unseen_scene, out, again)
+    resumed = predict_raster(backend, unseen_scene, out, again)
+    assert resumed["tiles_inferred"] == whole["tiles_total"] - (7 + 50) * 48
+    a, _ = read(out)
+    b, _ = read(tmp_path / "whole.tif")
+    assert a.shape[0] == 2 + 6 and np.array_equal(a, b)
 
 
 def test_existing_output_needs_overwrite_or_resume(capsys, trained_bundle, small_scene, tmp_path):
@@ -313,8 +338,12 @@ def test_resume_after_kill_9_gives_the_same_map(trained_bundle, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not out.exists(), "a killed run must not leave a map at the output path"
-    done_before = len(list(parts.glob("part_*.npz")))
-    assert done_before >= 1
+    saved = {int(p.stem.split("_")[1]) for p in parts.glob("part_*.npz")}
+    assert saved
+    logged = 0  # tiles the log holds beyond the saved parts
+    for log in parts.glob("log_*.bin"):
+        for rows, _, _ in _log_records(log.read_bytes(), 0):
+            logged += int(sum(r // PART_ROWS not in saved for r in rows.tolist()))
     res = subprocess.run(
         [*cmd, *args, "--output", str(out), "--resume"], capture_output=True, text=True
     )
@@ -327,7 +356,8 @@ def test_resume_after_kill_9_gives_the_same_map(trained_bundle, tmp_path):
     assert np.array_equal(a, b)
     summary = json.loads(out.with_name("map.tif.json").read_text())
     rows, cols = summary["grid"]
-    assert summary["tiles_inferred"] <= summary["tiles_total"] - done_before * 64 * cols + 64
+    done = sum(min(PART_ROWS, rows - p * PART_ROWS) for p in saved) * cols + logged
+    assert summary["tiles_inferred"] == summary["tiles_total"] - done  # nothing done twice
     assert summary["resumed"] is True
 
 
