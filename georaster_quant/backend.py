@@ -77,8 +77,13 @@ def _native_stderr_muted() -> Any:
     ``torch.jit.load`` of a quantized file prints torch's deprecation notice for quantized
     tensors from C++, past Python's warning filters. Only for short, single-threaded steps.
     """
-    sys.stderr.flush()
-    saved = os.dup(2)
+    if sys.stderr is not None:
+        sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 (closed stderr): nothing to mute
+        yield
+        return
     try:
         with open(os.devnull, "wb") as null:
             os.dup2(null.fileno(), 2)

@@ -214,9 +214,10 @@ def export_bundle(
         )
     out = check_output_path(output or default_output(weights, fmt), overwrite=overwrite)
     if (out.suffix == ".onnx") != (fmt == "onnx"):  # the backend is chosen by the suffix
+        want = "a name ending in .onnx" if fmt == "onnx" else "a name not ending in .onnx (.pt)"
         raise ConfigError(
-            f"{out}: a {fmt} export needs a {Path(FILE_NAMES[fmt]).suffix} file name "
-            "(.onnx runs on ONNX Runtime, any other on TorchScript)"
+            f"{out}: a {fmt} export needs {want}; .onnx files run on ONNX Runtime, others on "
+            "TorchScript"
         )
     values = metadata(bundle.meta, fmt, Path(weights))
     sample = _sample(bundle)

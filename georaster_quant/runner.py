@@ -124,6 +124,9 @@ class Journal:
                     f"{folder}: the interrupted run used other settings, weights, backend or "
                     "input; rerun with --overwrite"
                 )
+            for log in folder.glob("log_*.bin"):  # new records must not follow a torn one
+                with open(log, "r+b") as f:
+                    f.truncate(_whole_records_end(f.read()))
         else:
             if folder.exists():
                 shutil.rmtree(folder)
@@ -137,21 +140,22 @@ class Journal:
     def save(self, index: int, arrays: dict[str, np.ndarray]) -> None:
         """Write one part atomically (a kill leaves either the whole part or none).
 
-        Logs of earlier parts are dropped: every tile they hold is now in a part (a batch
-        that starts in part ``i`` ends in part ``i + 1`` at the latest).
+        Logs up to this part are dropped: a log is named by the part of its batches' last
+        tiles, and parts are saved in order, so every tile they hold is in a part now.
         """
         tmp = self.folder / f".part_{index:06d}.tmp.npz"
         np.savez(tmp, **arrays)
         os.replace(tmp, self.folder / f"part_{index:06d}.npz")
         for log in self.folder.glob("log_*.bin"):
-            if int(log.stem.split("_")[1]) < index:
+            if int(log.stem.split("_")[1]) <= index:
                 log.unlink(missing_ok=True)
 
     def log(self, rows: np.ndarray, cols: np.ndarray, decided: dict[str, np.ndarray]) -> None:
-        """Append one batch's decided tiles (:meth:`CellRows.decide`) to its part's log.
+        """Append one batch's decided tiles (:meth:`CellRows.decide`) to its last part's log.
 
-        One unbuffered write per batch: a killed process loses at most the batch it was
-        inferring, and a torn record at the end of a log is ignored when it is read.
+        The record reaches the operating system before its rows are filed, so a killed process
+        loses at most the batch it was inferring; a torn record at the end of a log is ignored
+        when it is read and cut off when a run resumes.
         """
         probs = decided.get("probabilities")
         k = 0 if probs is None else probs.shape[0]
@@ -164,8 +168,8 @@ class Journal:
         ]
         if k:
             record.append(np.ascontiguousarray(probs).tobytes())
-        part = int(rows[0]) // PART_ROWS
-        with open(self.folder / f"log_{part:06d}.bin", "ab", buffering=0) as f:
+        part = int(rows[-1]) // PART_ROWS
+        with open(self.folder / f"log_{part:06d}.bin", "ab") as f:  # close() writes it all
             f.write(b"".join(record))
 
     def logged(self, n_cols: int, k: int) -> dict[int, tuple[np.ndarray, dict[str, np.ndarray]]]:
@@ -201,14 +205,36 @@ class Journal:
             return {k: z[k] for k in z.files}
 
 
-def _log_records(data: bytes, k: int) -> Iterator[tuple[np.ndarray, np.ndarray, dict]]:
-    """The whole records of a log: ``(rows, cols, decided)``; a torn tail is left out."""
+def _record_spans(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """``(start, tiles, probability rows)`` of each whole record of a log, in order."""
     pos = 0
     while pos + _LOG_HEADER.size <= len(data):
         magic, n, rk = _LOG_HEADER.unpack_from(data, pos)
-        size = n * (4 + 4 + 1 + 1 + rk)
         start = pos + _LOG_HEADER.size
-        if magic != _LOG_MAGIC or rk != k or start + size > len(data):
+        end = start + _record_size(n, rk)
+        if magic != _LOG_MAGIC or end > len(data):
+            return
+        yield start, n, rk
+        pos = end
+
+
+def _whole_records_end(data: bytes) -> int:
+    """Where the last whole record of a log ends (a torn one may follow)."""
+    end = 0
+    for start, n, rk in _record_spans(data):
+        end = start + _record_size(n, rk)
+    return end
+
+
+def _record_size(n: int, rk: int) -> int:
+    """Bytes of a record's body: rows and columns (int32), classes, confidence, probabilities."""
+    return n * (4 + 4 + 1 + 1 + rk)
+
+
+def _log_records(data: bytes, k: int) -> Iterator[tuple[np.ndarray, np.ndarray, dict]]:
+    """The whole records of a log: ``(rows, cols, decided)``; a torn tail is left out."""
+    for start, n, rk in _record_spans(data):
+        if rk != k:
             return
         rows = np.frombuffer(data, "<i4", n, start)
         cols = np.frombuffer(data, "<i4", n, start + 4 * n)
@@ -217,7 +243,6 @@ def _log_records(data: bytes, k: int) -> Iterator[tuple[np.ndarray, np.ndarray, 
         if rk:
             decided["probabilities"] = tail[2 * n :].reshape(rk, n)
         yield rows, cols, decided
-        pos = start + size
 
 
 #: ``ran_on`` of a run classified in this process.
@@ -467,10 +492,15 @@ def _finished_run(out: Path, signature: str) -> dict[str, Any]:
         summary = json.loads(sidecars(out)[1].read_text(encoding="utf-8"))
     except (OSError, ValueError):
         summary = {}
-    if summary.get("run_signature") != signature:
+    if "run_signature" not in summary:
+        raise OutputPathError(
+            f"{out}: already complete, with no run summary saying how it was made (missing, or "
+            "from an older version); rerun with --overwrite"
+        )
+    if summary["run_signature"] != signature:
         raise OutputPathError(
             f"{out}: already complete, but not by this run (other settings, weights, backend or "
-            "input, or no run summary beside it); rerun with --overwrite"
+            "input); rerun with --overwrite"
         )
     return {**summary, "skipped": True}
 

@@ -182,6 +182,44 @@ def test_resume_mid_row_with_probabilities_twice(trained_bundle, unseen_scene, t
     assert a.shape[0] == 2 + 6 and np.array_equal(a, b)
 
 
+def test_resume_after_a_torn_log_record(trained_bundle, unseen_scene, tmp_path):
+    import dataclasses
+
+    backend = open_backend(trained_bundle)
+    opts = PredictOptions(stride=4, batch_size=48, probabilities=True)  # 8960 tiles
+    whole = predict_raster(backend, unseen_scene, tmp_path / "whole.tif", opts)
+    out = tmp_path / "map.tif"
+    with pytest.raises(_Crash):
+        predict_raster(_Crashing(backend, 10), unseen_scene, out, opts)
+    (log,) = _parts_dir(out).glob("log_*.bin")
+    log.write_bytes(log.read_bytes()[:-30])  # the 10th record torn, as a short write leaves it
+    again = dataclasses.replace(opts, resume=True)
+    with pytest.raises(_Crash):  # appends after the torn record must stay readable
+        predict_raster(_Crashing(backend, 5), unseen_scene, out, again)
+    resumed = predict_raster(backend, unseen_scene, out, again)
+    assert resumed["tiles_inferred"] == whole["tiles_total"] - (9 + 5) * 48
+    a, _ = read(out)
+    b, _ = read(tmp_path / "whole.tif")
+    assert np.array_equal(a, b)
+
+
+def test_resume_when_a_batch_spans_several_parts(trained_bundle, make_tif, tmp_path):
+    # 600 x 8 pixels at stride 4: 150 rows of 2 cells, parts of 64 rows hold 128 tiles.
+    rng = np.random.default_rng(3)
+    image = make_tif("narrow.tif", rng.integers(200, 3000, (4, 600, 8)).astype("uint16"))
+    backend = open_backend(trained_bundle)
+    opts = PredictOptions(stride=4, batch_size=150)
+    whole = predict_raster(backend, image, tmp_path / "whole.tif", opts)
+    out = tmp_path / "map.tif"
+    with pytest.raises(_Crash):
+        predict_raster(_Crashing(backend, 1), image, out, opts)
+    resumed = predict_raster(
+        backend, image, out, PredictOptions(stride=4, batch_size=150, resume=True)
+    )
+    assert resumed["tiles_inferred"] == whole["tiles_total"] - 150
+    assert np.array_equal(read(out)[0], read(tmp_path / "whole.tif")[0])
+
+
 def test_existing_output_needs_overwrite_or_resume(capsys, trained_bundle, small_scene, tmp_path):
     out = tmp_path / "map.tif"
     out.write_text("keep me")
@@ -498,6 +536,12 @@ def test_resume_of_a_finished_map_checks_that_the_same_run_made_it(
     assert code == 0 and "already complete, skipped" in stdout, err
     code, _, err = run(capsys, *args, "--stride", "16", "--resume", "-q")
     assert code == 2 and "not by this run" in err and "--overwrite" in err, err
+    summary_path = out.with_name("map.tif.json")
+    summary = json.loads(summary_path.read_text())
+    summary_path.write_text(json.dumps({k: v for k, v in summary.items() if k != "run_signature"}))
+    code, _, err = run(capsys, *args, "--stride", "32", "--resume", "-q")
+    assert code == 2 and "older version" in err, err  # cannot tell how it was made
+    summary_path.write_text(json.dumps(summary))
     other = tmp_path / "other.tif"
     other.write_bytes(Path(small_scene[0]).read_bytes())
     args[args.index(small_scene[0])] = other
@@ -527,8 +571,9 @@ def test_area_of_a_rotated_projected_grid_is_its_determinant(
     image = make_tif("rotated.tif", BLOCK, transform=rotated)
     summary, err = _areas(capsys, trained_bundle, image, tmp_path / "map.tif")
     m2 = sum(v["m2"] for v in summary["area_per_class"].values())
-    assert summary["area_method"] == "planar"
-    assert m2 == pytest.approx(40 * 50 * 100.0)
+    assert summary["area_method"] == "projected"
+    # 100 m² in the plane; near UTM 33N's central meridian the areal scale is 0.9996².
+    assert m2 == pytest.approx(40 * 50 * 100.0 / 0.9996**2, rel=1e-4)
     assert sum(v["pixels"] for v in summary["area_per_class"].values()) == 40 * 50
     assert "pixel size" not in err  # 10 x 10 like the training scene, rotated or not
 
@@ -547,6 +592,32 @@ def test_area_of_a_geographic_grid_is_ellipsoidal(capsys, trained_bundle, make_t
     expected, _ = Geod(ellps="WGS84").polygon_area_perimeter(lons, lats)
     assert summary["area_method"] == "ellipsoidal"
     assert m2 == pytest.approx(abs(expected), rel=1e-5)
+
+
+def test_area_in_web_mercator_is_ground_area(capsys, trained_bundle, make_tif, tmp_path):
+    from affine import Affine
+    from pyproj import Geod, Transformer
+
+    x0, y0 = 1_113_195.0, 8_399_738.0  # about 10° E, 60° N: the plane is 4x the ground here
+    image = make_tif("merc.tif", BLOCK, transform=Affine(10, 0, x0, 0, -10, y0), crs="EPSG:3857")
+    summary, _ = _areas(capsys, trained_bundle, image, tmp_path / "map.tif")
+    m2 = sum(v["m2"] for v in summary["area_per_class"].values())
+    to_lonlat = Transformer.from_crs("EPSG:3857", "EPSG:4326", always_xy=True)
+    lons, lats = to_lonlat.transform([x0, x0 + 500, x0 + 500, x0], [y0, y0, y0 - 400, y0 - 400])
+    expected, _ = Geod(ellps="WGS84").polygon_area_perimeter(lons, lats)
+    assert summary["area_method"] == "projected"
+    assert m2 == pytest.approx(abs(expected), rel=1e-5)
+    assert m2 < 40 * 50 * 100 / 3.9
+
+
+def test_no_geotransform_means_unknown_area(capsys, trained_bundle, make_tif, tmp_path):
+    from affine import Affine
+
+    image = make_tif("pixels.tif", BLOCK, transform=Affine.identity())  # a CRS, no transform
+    summary, err = _areas(capsys, trained_bundle, image, tmp_path / "map.tif")
+    assert "pixels.tif: no geotransform" in err
+    assert summary["area_method"] == "unknown"
+    assert all(v["m2"] is None for v in summary["area_per_class"].values())
 
 
 def test_no_crs_is_a_warning_and_areas_are_unknown(capsys, trained_bundle, make_tif, tmp_path):

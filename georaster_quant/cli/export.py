@@ -23,7 +23,8 @@ from georaster_quant.cli.options import config_option
     "--output",
     type=click.Path(dir_okay=False),
     default=None,
-    help="File to write (default: model.torchscript.pt or model.onnx inside the bundle).",
+    help="File to write, ending in .onnx for onnx and not for torchscript (backends are picked "
+    "by the suffix; default: model.torchscript.pt or model.onnx inside the bundle).",
 )
 @config_option
 def command(weights: str, fmt: str, output: str | None) -> None:
