@@ -50,6 +50,8 @@ from georaster_quant.sampling import TileSet, sample_tiles, spatial_split, split
 
 #: Calibration sets smaller than this are flagged as narrow.
 NARROW_CALIBRATION = 32
+#: Static quantization refuses calibration sets smaller than this.
+MIN_CALIBRATION = 8
 #: Held-out tiles used to measure accuracy (a random subset beyond this).
 MAX_HELD_OUT = 4000
 
@@ -248,6 +250,12 @@ def quantize_bundle(
         calib = choose_calibration_tiles(
             opts.data, meta, count, bands=opts.bands, method=opts.calibration, seed=opts.seed
         )
+        if static and calib.report["tiles"] < MIN_CALIBRATION:
+            raise TrainingDataError(
+                f"{opts.data[0]}: calibration set too small: {calib.report['tiles']} tile(s), at "
+                f"least {MIN_CALIBRATION} are needed and {NARROW_CALIBRATION}-128 recommended "
+                "(a larger raster, or more --num-calib-batches x --batch-size)"
+            )
         _warn_calibration(calib.report, opts.data[0])
     if opts.quant_type == "qat_int8" and split is None:
         raise TrainingDataError(

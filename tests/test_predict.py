@@ -631,7 +631,7 @@ def test_no_crs_is_a_warning_and_areas_are_unknown(capsys, trained_bundle, make_
         assert src.crs is None
 
 
-@pytest.mark.parametrize("bands", ["1,,2,3", "", "0,1,2,3", "4,3,2,x"])
+@pytest.mark.parametrize("bands", ["1,,2,3", "", "0,1,2,3", "4,3,2,x", "1,1,2,3"])
 def test_bad_band_lists_are_usage_errors(capsys, trained_bundle, small_scene, tmp_path, bands):
     out = tmp_path / "map.tif"
     code, _, err = run(

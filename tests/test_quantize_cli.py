@@ -375,6 +375,18 @@ def test_all_nodata_calibration_raster(capsys, trained_bundle, nodata_raster, tm
     assert_nothing_left(out_dir)
 
 
+def test_calibration_set_too_small(capsys, trained_bundle, make_tif, tmp_path) -> None:
+    tiny = make_tif("tiny.tif", np.full((4, 16, 16), 1500, "uint16"))  # one tile
+    out_dir = tmp_path / "out"
+    code, out, err = run(
+        capsys, "quantize", "--weights", trained_bundle, "--quant-type", "per_channel_int8",
+        "--data", tiny, "--output", out_dir,
+    )  # fmt: skip
+    line = assert_one_line_error(code, out, err, tiny, "too small")
+    assert "1 tile" in line, line
+    assert_nothing_left(out_dir)
+
+
 def test_engine_not_available(capsys, trained_bundle, small_scene, tmp_path) -> None:
     have = q.supported_engines()
     missing = [e for e in q.ENGINES if e not in have]

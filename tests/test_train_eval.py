@@ -323,3 +323,23 @@ def test_edge_cells_narrower_than_half_a_cell_are_scored(tmp_path) -> None:
     with RasterReader(path) as reader:
         cells = cell_labels(reader, 16, 4)
     assert cells.tolist() == [[0, 0, 3], [2, 2, 3]]
+
+
+@pytest.mark.parametrize("kind", ["two-bands", "float"])
+def test_labels_must_be_one_band_of_integer_classes(small_scene, tmp_path, kind) -> None:
+    import rasterio
+
+    from georaster_quant.sampling import check_label_grid
+
+    scene, labels = small_scene
+    lab = read(labels).squeeze()  # (h, w)
+    bad = write_labels_like(labels, tmp_path / "bad.tif", lab)
+    with rasterio.open(bad) as src:
+        profile = src.profile | {"count": 2 if kind == "two-bands" else 1}
+        if kind == "float":
+            profile["dtype"] = "float32"
+    with rasterio.open(bad, "w", **profile) as dst:
+        dst.write(np.stack([lab] * profile["count"]).astype(profile["dtype"]))
+    with RasterReader(scene) as img, RasterReader(bad) as lb:
+        with pytest.raises(errors.RasterContractError, match="bad.tif: labels must be"):
+            check_label_grid(img, lb)

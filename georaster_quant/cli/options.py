@@ -45,6 +45,9 @@ def parse_bands(
         ) from None
     if min(bands) < 1:
         raise click.BadParameter(f"band numbers start at 1, got {value!r}")
+    twice = sorted({b for b in bands if bands.count(b) > 1})
+    if twice:
+        raise click.BadParameter(f"band(s) {twice} given more than once in {value!r}")
     return bands
 
 
