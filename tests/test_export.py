@@ -222,6 +222,13 @@ def test_evaluate_and_info_take_exported_files(
     info = json.loads(out_text)
     assert info["quant_type"] == "per_channel_int8" and info["bands"] == 4
     assert info["band_names"] == ["blue", "green", "red", "nir"]
+    assert info["size_bytes"] == exported("int8", "onnx").stat().st_size  # the file's own
+
+
+def test_info_says_when_the_weight_file_is_missing(capsys, bundle_copy):
+    (bundle_copy / "weights.pt").unlink()
+    code, out, err = run(capsys, "info", bundle_copy)
+    assert code == 0 and "MISSING" in out, err
 
 
 def test_export_command_default_output_inside_the_bundle(capsys, bundle_copy):

@@ -20,8 +20,11 @@ def contract(path: str) -> dict[str, Any]:
         from georaster_quant.export import read_exported_meta
 
         meta = read_exported_meta(path)
+        size: int | None = Path(path).stat().st_size  # the exported file itself
     else:
         meta = read_meta(path)
+        weights = Path(path) / meta.weights_info.file
+        size = weights.stat().st_size if weights.is_file() else None
     return {
         "path": path,
         "model_name": meta.model_name,
@@ -38,7 +41,7 @@ def contract(path: str) -> dict[str, Any]:
         "classes": [{"name": c.name, "color": list(c.color)} for c in meta.classes],
         "quantization": meta.quantization.model_dump(mode="json"),
         "metrics": meta.metrics,
-        "size_bytes": meta.weights.size_bytes if meta.weights else None,
+        "size_bytes": size,
         "provenance": meta.provenance.model_dump(mode="json"),
     }
 
@@ -55,12 +58,16 @@ def format_contract(c: dict[str, Any]) -> str:
             f"normalization  {norm['mode']}, then clip to ±{norm['clip']:g}",
             f"fill values    {', '.join(f'{v:.1f}' for v in c['fill_values'])}",
             f"classes        {', '.join(k['name'] for k in c['classes'])}",
-            f"weights        {c['size_bytes']:,} bytes",
+            f"weights        {_size(c['size_bytes'])}",
             f"metrics        {json.dumps(c['metrics'])}",
             f"trained on     {c['provenance']['training_raster']}"
             f" (sha256 {c['provenance']['training_raster_sha256'][:12]}...)",
         ]
     )
+
+
+def _size(size: int | None) -> str:
+    return "MISSING (the weight file is not there)" if size is None else f"{size:,} bytes"
 
 
 @click.command("info")
