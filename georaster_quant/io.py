@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +36,26 @@ from georaster_quant.tiling import Window, mirror_take, source_window
 GDAL_CACHEMAX_MB = 32
 #: Retries for rasters read over HTTP(S) or from object storage, unless the user set them.
 HTTP_RETRY_DEFAULTS = {"GDAL_HTTP_MAX_RETRY": "3", "GDAL_HTTP_RETRY_DELAY": "1"}
+#: Inputs read over the network, where a failed read may succeed when tried again.
+_REMOTE_PREFIXES = ("http://", "https://", "s3://", "/vsicurl", "/vsis3", "/vsigs", "/vsiaz")
 #: Rows tested at a time by :func:`validity` (bounds its temporaries).
 _VALIDITY_ROWS = 32
+
+
+def read_retries(path: str) -> tuple[int, float]:
+    """Retries and first delay (seconds, doubling) for a failed read of ``path``.
+
+    GDAL retries HTTP requests itself, but not the parallel multi-range requests that fetch
+    a block row's blocks at once; the reader retries those reads with the same settings.
+    Local files get no retries.
+    """
+    if not path.startswith(_REMOTE_PREFIXES):
+        return 0, 0.0
+    setting = {k: os.environ.get(k, v) for k, v in HTTP_RETRY_DEFAULTS.items()}
+    try:
+        return int(setting["GDAL_HTTP_MAX_RETRY"]), float(setting["GDAL_HTTP_RETRY_DELAY"])
+    except ValueError:
+        return 3, 1.0
 
 
 def gdal_env() -> dict[str, Any]:
@@ -147,6 +166,7 @@ class RasterReader:
     def __init__(self, path: str | os.PathLike[str], bands: Sequence[int] | None = None):
         self._stack = contextlib.ExitStack()
         self._stack.enter_context(rasterio.Env(**gdal_env()))
+        self._name = os.fspath(path)
         try:
             self._ds = self._stack.enter_context(_open(path))
         except BaseException:
@@ -206,18 +226,35 @@ class RasterReader:
         """
         info = self.info
         rio_window = RioWindow(inside.col_off, inside.row_off, inside.width, inside.height)
-        try:
-            raw = self._ds.read(list(info.bands), window=rio_window, out=out)
-            mask = None
-            if self._alpha is not None:
-                mask = self._ds.read(self._alpha, window=rio_window) > 0
-            elif self._per_dataset_mask:
-                mask = self._ds.read_masks(info.bands[0], window=rio_window) > 0
-        except RasterioError as exc:
-            raise RasterInputError(
-                f"{info.path}: read failed at {inside} ({_gdal_message(exc)})"
-            ) from exc
+        retries, delay = read_retries(info.path)
+        for attempt in range(retries + 1):
+            try:
+                if attempt == 0:
+                    raw, mask = self._read_from(self._ds, rio_window, out)
+                else:  # GDAL may keep the failed read's blocks, broken, in the handle's cache:
+                    # retry on a fresh handle, opened and closed in this (reader) thread
+                    with rasterio.Env(**gdal_env()), _open(self._name) as fresh:
+                        raw, mask = self._read_from(fresh, rio_window, out)
+                break
+            except (RasterioError, RasterInputError) as exc:
+                if attempt == retries:
+                    reason = _gdal_message(exc) if isinstance(exc, RasterioError) else exc
+                    raise RasterInputError(
+                        f"{info.path}: read failed at {inside} ({reason})"
+                    ) from exc
+                time.sleep(delay * 2**attempt)
         return raw, validity(raw, info.nodata, mask, valid_out)
+
+    def _read_from(
+        self, ds: rasterio.DatasetReader, window: RioWindow, out: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Data bands and the alpha or dataset mask (True = valid), if any, of ``window``."""
+        raw = ds.read(list(self.info.bands), window=window, out=out)
+        if self._alpha is not None:
+            return raw, ds.read(self._alpha, window=window) > 0
+        if self._per_dataset_mask:
+            return raw, ds.read_masks(self.info.bands[0], window=window) > 0
+        return raw, None
 
     def to_physical(self, raw: np.ndarray) -> np.ndarray:
         """Raw values to float32 physical values (scale/offset applied)."""

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from georaster_quant.backend import read_model_meta
-from georaster_quant.errors import BandMismatchError
+from georaster_quant.errors import BandMismatchError, ConfigError
 from georaster_quant.io import to_physical, validity
 from georaster_quant.predict import NODATA_CLASS, CellRows
 from georaster_quant.stream import batch_strips
@@ -32,6 +32,8 @@ CHUNK_PIXELS = 2048
 
 def _chunk_cells(chunks: int | None, da: Any, grid: TileGrid) -> int:
     """Output cells per chunk side: ``chunks`` pixels, else the input's chunks, else 2048."""
+    if chunks is not None and chunks < 1:
+        raise ConfigError(f"chunks must be a positive number of pixels, got {chunks}")
     if chunks is None and da.chunks:
         chunks = max(da.chunks[1][0], da.chunks[2][0])
     pixels = chunks or CHUNK_PIXELS
@@ -115,6 +117,7 @@ def predict_dataarray(
     import dask.array as dsa
     import rioxarray  # noqa: F401 - registers .rio
     import xarray as xr
+    from dask.base import tokenize
 
     from georaster_quant.dataarray import DataArrayReader
 
@@ -126,9 +129,8 @@ def predict_dataarray(
             f"{info.path}: has {info.count} band(s) but the model takes {len(meta.input.bands)}; "
             "choose them with bands=[...]"
         )
-    grid = TileGrid(
-        info.height, info.width, meta.input.tile_size, stride or meta.input.default_stride
-    )
+    step = meta.input.default_stride if stride is None else stride
+    grid = TileGrid(info.height, info.width, meta.input.tile_size, step)
     source = reader.data
     data = source.data if isinstance(source.data, dsa.Array) else dsa.from_array(source.values)
     n_rows, n_cols = grid.shape
@@ -142,10 +144,17 @@ def predict_dataarray(
     k = len(meta.classes)
     n_out = 2 + (k if probabilities else 0)
     extra = grid.tile_size - grid.step
+    weights_path = os.path.abspath(os.fspath(weights))
+    # Keys unique to this prediction: two maps of one scene (FP32 and INT8, say) computed
+    # together must not share tasks.
+    token = tokenize(
+        padded.name, weights_path, meta.weights_info.sha256, backend, grid, batch_size,
+        probabilities, per_chunk,
+    )  # fmt: skip
     out = dsa.map_overlap(
         functools.partial(
             _classify_block,
-            weights=os.path.abspath(os.fspath(weights)),
+            weights=weights_path,
             backend=backend,
             grid=grid,
             row_starts=row_starts,
@@ -166,7 +175,7 @@ def predict_dataarray(
             tuple(min(per_chunk, n_rows - r) for r in row_starts),
             tuple(min(per_chunk, n_cols - c) for c in col_starts),
         ),
-        name="georaster-quant-predict",
+        name=f"georaster-quant-predict-{token}",
     )
     transform = grid.output_transform(info.transform)
     coords = {

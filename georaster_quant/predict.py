@@ -12,7 +12,7 @@ import numpy as np
 
 from georaster_quant.backend import Backend
 from georaster_quant.contract import open_input
-from georaster_quant.errors import BandMismatchError
+from georaster_quant.errors import BandMismatchError, RasterContractError
 from georaster_quant.stream import TileBatch, iter_batches
 from georaster_quant.tiling import TileGrid
 
@@ -171,5 +171,15 @@ def disagreement_map(a: Any, b: Any) -> Any:
     an FP32 and an INT8 bundle on the same scene, to see where quantization changed decisions.
     """
     a, b = (x["class"] if hasattr(x, "data_vars") else x for x in (a, b))
+    if hasattr(a, "dims") and hasattr(b, "dims"):  # xarray would silently keep the overlap
+        import xarray as xr
+
+        try:
+            a, b = xr.align(a, b, join="exact")
+        except ValueError:
+            raise RasterContractError(
+                "the two maps are on different grids (coordinates differ); compare maps of "
+                "one scene at one stride"
+            ) from None
     nodata = (a == NODATA_CLASS) | (b == NODATA_CLASS)
     return (a != b).astype(np.uint8) | nodata.astype(np.uint8) * np.uint8(NODATA_CLASS)

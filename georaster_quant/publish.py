@@ -161,17 +161,47 @@ class S3Output:
         """For ``--resume``: the map is published and nothing is staged for it."""
         return not out.exists() and not journal_exists(out) and self._exists(self.prefix + out.name)
 
+    def check_same_run(self, out: Path, signature: str) -> None:
+        """For ``--resume`` of a published map: refuse one that another run made.
+
+        ``signature`` is :func:`georaster_quant.runner.run_signature` of this run; the
+        published run summary must record the same.
+        """
+        from botocore.exceptions import ClientError
+
+        key = self.prefix + sidecars(out)[1].name
+        summary: dict[str, Any] = {}
+        with _storage_errors(f"s3://{self.bucket}/{key}: cannot read the run summary"):
+            try:
+                body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+                summary = json.loads(body)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") not in NOT_FOUND:
+                    raise
+            except ValueError:
+                pass
+        if summary.get("run_signature") != signature:
+            raise OutputPathError(
+                f"{self.uri_of(out)}: already published, but not by this run (other settings, "
+                "weights, backend or input, or no run summary saying how); rerun with --overwrite"
+            )
+
+    def cleanup(self) -> None:
+        """Remove the staging folder if nothing is left in it."""
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()
+
     def publishing(self, predict: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
         """Wrap ``predict`` (``runner.predict_raster``'s signature): build the staged map, upload.
 
-        With ``opts.resume``, a finished map left by a failed upload is uploaded as it is.
+        With ``opts.resume``, ``predict`` checks that a finished map left by a failed upload was
+        made by this same run (and skips it), and the map is uploaded as it is.
         """
 
         def run(backend: Any, image: str, out: Path, opts: Any) -> dict[str, Any]:
             out.parent.mkdir(parents=True, exist_ok=True)
             try:
-                if not (opts.resume and self.staged(out)):
-                    predict(backend, image, out, opts)
+                predict(backend, image, out, opts)
                 return self.upload(out)
             finally:
                 with contextlib.suppress(OSError):

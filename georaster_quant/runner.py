@@ -374,13 +374,11 @@ def predict_raster(
         raise ConfigError("--resume and --overwrite exclude each other")
     check_outputs(image, out, overwrite=opts.overwrite or opts.resume)
     complete = out.exists() and not journal_exists(out)
-    inference = model if hasattr(model, "rows") else LocalInference(model)  # type: ignore[arg-type]
+    inference = _inference(model)
     meta = inference.meta
     with open_input(image, meta, opts.bands) as reader:
         info = reader.info
-        grid = TileGrid(
-            info.height, info.width, meta.input.tile_size, opts.stride or meta.input.default_stride
-        )
+        grid = _grid(info, meta, opts)
         signature = _signature(meta, image, grid, opts, inference.name)
         if opts.resume and complete:
             return _finished_run(out, signature)
@@ -484,6 +482,28 @@ def _from_log(
     if m == 0 or filled[m:].any():  # only a run of tiles from the row's start is usable
         return whole, None
     return whole, (m, arrays)
+
+
+def _inference(model: Backend | Inference) -> Inference:
+    return model if hasattr(model, "rows") else LocalInference(model)  # type: ignore[arg-type,return-value]
+
+
+def _grid(info: Any, meta: BundleMeta, opts: PredictOptions) -> TileGrid:
+    step = opts.stride or meta.input.default_stride
+    return TileGrid(info.height, info.width, meta.input.tile_size, step)
+
+
+def run_signature(
+    model: Backend | Inference, image: str | os.PathLike[str], opts: PredictOptions
+) -> str:
+    """The ``run_signature`` :func:`predict_raster` records for this run.
+
+    It checks a map published elsewhere (an ``s3://`` output) before ``--resume`` skips it.
+    """
+    inference = _inference(model)
+    with open_input(os.fspath(image), inference.meta, opts.bands) as reader:
+        grid = _grid(reader.info, inference.meta, opts)
+    return _signature(inference.meta, os.fspath(image), grid, opts, inference.name)
 
 
 def _finished_run(out: Path, signature: str) -> dict[str, Any]:

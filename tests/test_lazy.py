@@ -13,7 +13,7 @@ import georaster_quant.accessor  # noqa: F401 - registers .gq
 from georaster_quant import backend as backend_module
 from georaster_quant.backend import open_backend
 from georaster_quant.bundle import Bundle
-from georaster_quant.errors import BandMismatchError
+from georaster_quant.errors import BandMismatchError, ConfigError, RasterContractError
 from georaster_quant.lazy import predict_dataarray
 from georaster_quant.predict import NODATA_CLASS, disagreement_map, predict_grid
 from georaster_quant.runner import PredictOptions, predict_raster
@@ -146,6 +146,31 @@ def test_disagreement_map_lazy_and_eager(trained_bundle, int8_bundle, holed_scen
     np.testing.assert_array_equal(disagreement_map(a, b), expected)  # numpy in, numpy out
     assert diff.dtype == np.uint8 and (diff.values == 255).any() and (diff.values == 0).any()
     assert diff.rio.transform() == fp32.rio.transform()
+
+
+def test_two_lazy_maps_computed_together_stay_apart(trained_bundle, int8_bundle, holed_scene):
+    import dask
+
+    da = rioxarray.open_rasterio(holed_scene, chunks=128)
+    fp32 = predict_dataarray(da, trained_bundle, stride=16, probabilities=True)
+    int8 = predict_dataarray(da, int8_bundle, stride=16, probabilities=True)
+    coarse = predict_dataarray(da, int8_bundle, stride=32)
+    assert len({fp32["class"].data.name, int8["class"].data.name, coarse["class"].data.name}) == 3
+    together = dask.compute(fp32["probability"], int8["probability"], coarse["class"])
+    alone = [fp32["probability"].values, int8["probability"].values, coarse["class"].values]
+    for t, a in zip(together, alone, strict=True):
+        np.testing.assert_array_equal(t.values, a)
+    assert not np.array_equal(alone[0], alone[1])  # FP32 and INT8 probabilities differ
+    with pytest.raises(RasterContractError, match="different grids"):
+        disagreement_map(fp32, coarse)
+
+
+def test_stride_and_chunks_must_be_positive(trained_bundle, small_scene):
+    da = rioxarray.open_rasterio(small_scene[0], chunks=128)
+    with pytest.raises(ConfigError, match="stride"):
+        predict_dataarray(da, trained_bundle, stride=0)
+    with pytest.raises(ConfigError, match="chunks"):
+        predict_dataarray(da, trained_bundle, chunks=0)
 
 
 def test_evaluate_report_writes_the_disagreement_raster(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from synth_helpers import assert_one_line_error, run_cli
+from synth_helpers import assert_one_line_error, run_cli, run_cli_subprocess
 
 from georaster_quant.io import RasterReader
 from georaster_quant.publish import S3Output
@@ -29,8 +30,12 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
+FAIL = {int(n) for n in sys.argv[2].split(",") if n} if len(sys.argv) > 2 else set()
+
+
 class RangeHandler(SimpleHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    ranges = 0  # Range requests answered so far; those numbered in FAIL get a 503
 
     def log_message(self, *args):
         pass
@@ -40,6 +45,10 @@ class RangeHandler(SimpleHTTPRequestHandler):
         rng = self.headers.get("Range")
         if not path.is_file() or not rng:
             return super().send_head()
+        RangeHandler.ranges += 1
+        if RangeHandler.ranges in FAIL:
+            self.send_error(503)
+            return None
         size = path.stat().st_size
         start_s, end_s = rng.removeprefix("bytes=").split(",")[0].split("-")
         start = int(start_s)
@@ -73,15 +82,67 @@ server.serve_forever()
 """
 
 
+@contextlib.contextmanager
+def _http_server(root: Path, fail: str = ""):
+    """A Range-capable server of ``root``; Range requests numbered in ``fail`` get a 503."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HTTP_SERVER, str(root), fail], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        yield f"http://127.0.0.1:{int(proc.stdout.readline())}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 @pytest.fixture
 def http_root(tmp_path):
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HTTP_SERVER, str(tmp_path)], stdout=subprocess.PIPE, text=True
-    )
-    port = int(proc.stdout.readline())
-    yield tmp_path, f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
+    with _http_server(tmp_path) as url:
+        yield tmp_path, url
+
+
+def test_transient_http_errors_while_reading_are_retried(
+    capsys, monkeypatch, small_scene, trained_bundle, tmp_path
+):
+    # Block rows are fetched with parallel multi-range requests, which GDAL does not retry.
+    monkeypatch.setenv("GDAL_HTTP_RETRY_DELAY", "0.1")
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "scene.tif").write_bytes(Path(small_scene[0]).read_bytes())
+    local, remote = tmp_path / "local.tif", tmp_path / "remote.tif"
+    code, _, err = run_cli(
+        capsys, "predict", "--weights", trained_bundle, "--image", small_scene[0],
+        "--output", local, "-q",
+    )  # fmt: skip
+    assert code == 0, err
+    with _http_server(root, fail="2,3") as url:  # the first block row, twice
+        code, _, err = run_cli(
+            capsys, "predict", "--weights", trained_bundle, "--image", f"{url}/scene.tif",
+            "--output", remote, "-q",
+        )  # fmt: skip
+    assert code == 0, err
+    with rasterio.open(local) as a, rasterio.open(remote) as b:
+        assert np.array_equal(a.read(), b.read())
+
+
+def test_a_read_error_that_persists_is_one_line_and_no_output(
+    monkeypatch, small_scene, trained_bundle, tmp_path
+):
+    monkeypatch.setenv("GDAL_HTTP_RETRY_DELAY", "0.05")
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "scene.tif").write_bytes(Path(small_scene[0]).read_bytes())
+    out = tmp_path / "map.tif"
+    every_read = ",".join(str(n) for n in range(2, 100))  # the header reads, nothing after
+    with _http_server(root, fail=every_read) as url:
+        done = run_cli_subprocess(
+            "predict", "--weights", str(trained_bundle), "--image", f"{url}/scene.tif",
+            "--output", str(out), "-q",
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "scene.tif" in lines[0], lines
+    assert not out.exists() and list(tmp_path.iterdir()) == [root]
 
 
 def test_http_raster_reads_like_the_local_file(http_root, small_scene):
@@ -289,18 +350,32 @@ def test_failed_upload_keeps_the_staged_map_and_resume_uploads_it(
     assert_one_line_error(code, stdout, err, uri, "waits for upload", "--resume")
     assert out.is_file()
 
-    def rebuild(*args):
-        raise AssertionError("--resume rebuilt a finished map instead of uploading it")
+    real, skipped = runner.predict_raster, []
 
-    monkeypatch.setattr(runner, "predict_raster", rebuild)
+    def checked(*args):  # --resume checks that this run made the staged map; no rebuild
+        summary = real(*args)
+        skipped.append(summary.get("skipped"))
+        return summary
+
+    monkeypatch.setattr(runner, "predict_raster", checked)
+    code, _, err = _predict(
+        capsys, trained_bundle, [small_scene[0]], uri, "--resume", "--stride", "32"
+    )
+    assert code == 2 and "not by this run" in err and out.is_file(), err  # other settings
     code, stdout, err = _predict(capsys, trained_bundle, [small_scene[0]], uri, "--resume")
     assert code == 0, err
+    assert skipped == [True]
     assert stdout.startswith(f"{uri}: ")
     listing = s3_bucket.list_objects_v2(Bucket="later")["Contents"]
     assert sorted(o["Key"] for o in listing) == ["map.qml", "map.tif", "map.tif.json"]
     assert not out.exists() and not out.parent.exists()
     code, stdout, err = _predict(capsys, trained_bundle, [small_scene[0]], uri, "--resume")
     assert code == 0 and stdout == f"{uri}: already complete, skipped\n", err
+    assert not out.parent.exists()  # the skip leaves no staging folder behind
+    code, stdout, err = _predict(
+        capsys, trained_bundle, [small_scene[0]], uri, "--resume", "--stride", "32"
+    )
+    assert code == 2 and "already published, but not by this run" in err, err
 
 
 def test_s3_output_without_boto3_says_what_to_install(capsys, monkeypatch, small_scene, tmp_path):

@@ -7,6 +7,7 @@ traceback unless ``--debug``); 1 an unexpected failure.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 import warnings
@@ -55,7 +56,20 @@ def cli(debug: bool, verbose: int) -> None:
     """
     _State.debug = debug
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # The level goes on the handler too: dask.distributed's loggers log at INFO themselves
+    # and pass their records up to it. Their shutdown noise (a closed comm logged as an error
+    # with a traceback after a successful run) shows only with -v.
+    handler = logging.StreamHandler()
+    handler.setLevel(level)
+    if not verbose:
+        handler.addFilter(lambda r: not r.name.startswith(("distributed", "tornado")))
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", handlers=[handler]
+    )
+    if not (verbose or debug):
+        # GDAL's own threads (parallel block decoding and range requests) print errors
+        # straight to stderr; the read that failed raises here and says why (or is retried).
+        os.environ.setdefault("CPL_LOG", os.devnull)
     warnings.showwarning = _show_warning
 
 

@@ -193,7 +193,11 @@ def command(
             from georaster_quant.backend import open_backend
 
             model = open_backend(weights, backend, threads=workers)
-        _run_all(model, inputs, outputs, output, opts, remote)
+        try:
+            _run_all(model, inputs, outputs, output, opts, remote)
+        finally:
+            if remote:
+                remote.cleanup()  # a skipped map leaves its staging folder empty
 
 
 def _run_all(
@@ -206,16 +210,17 @@ def _run_all(
 ) -> None:
     """One map per input; a bad input is reported and skipped (exit 2 at the end)."""
     from georaster_quant.errors import GeoRasterQuantError
-    from georaster_quant.runner import THIS_PROCESS, predict_raster
+    from georaster_quant.runner import THIS_PROCESS, predict_raster, run_signature
 
     run = remote.publishing(predict_raster) if remote else predict_raster
     failed: list[tuple[str, str]] = []
     rows = []
     for src, out in zip(inputs, outputs, strict=True):
-        if opts.resume and remote and remote.done(out):
-            click.echo(f"{remote.uri_of(out)}: already complete, skipped")
-            continue
         try:
+            if opts.resume and remote and remote.done(out):
+                remote.check_same_run(out, run_signature(model, src, opts))
+                click.echo(f"{remote.uri_of(out)}: already complete, skipped")
+                continue
             s = run(model, src, out, opts)
         except GeoRasterQuantError as exc:
             if len(inputs) == 1:
