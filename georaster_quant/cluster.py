@@ -87,6 +87,7 @@ class ClusterInference:
         self.backend = backend
         self.meta = read_model_meta(weights)
         self.name = backend  # replaced by the workers' backend once one reports
+        self.signed_as = backend  # what runs are signed with: fixed, unlike ``name``
         self.ran_on = self._scheduler = f"dask {client.scheduler.address}"  # + workers in rows()
 
     def rows(

@@ -71,7 +71,8 @@ def score_models(
         model = open_backend(w, backend)
         meta = model.meta
         k = len(meta.classes)
-        stride = stride or meta.input.default_stride  # the first model's grid for every model
+        if stride is None:  # the first model's grid for every model
+            stride = meta.input.default_stride
         with open_input(image, meta, bands) as img:  # bands are checked first
             if truth is None:  # then the labels, before any prediction
                 with RasterReader(labels) as lab:

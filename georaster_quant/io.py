@@ -36,8 +36,12 @@ from georaster_quant.tiling import Window, mirror_take, source_window
 GDAL_CACHEMAX_MB = 32
 #: Retries for rasters read over HTTP(S) or from object storage, unless the user set them.
 HTTP_RETRY_DEFAULTS = {"GDAL_HTTP_MAX_RETRY": "3", "GDAL_HTTP_RETRY_DELAY": "1"}
-#: Inputs read over the network, where a failed read may succeed when tried again.
-_REMOTE_PREFIXES = ("http://", "https://", "s3://", "/vsicurl", "/vsis3", "/vsigs", "/vsiaz")
+#: Inputs read over the network (also inside /vsizip/ and the like), where a failed read may
+#: succeed when tried again.
+_REMOTE_MARKS = (
+    "http://", "https://", "s3://", "gs://", "az://", "/vsicurl", "/vsis3", "/vsigs", "/vsiaz",
+    "/vsiadls", "/vsioss", "/vsiswift", "/vsiwebhdfs",
+)  # fmt: skip
 #: Rows tested at a time by :func:`validity` (bounds its temporaries).
 _VALIDITY_ROWS = 32
 
@@ -49,7 +53,7 @@ def read_retries(path: str) -> tuple[int, float]:
     a block row's blocks at once; the reader retries those reads with the same settings.
     Local files get no retries.
     """
-    if not path.startswith(_REMOTE_PREFIXES):
+    if not any(mark in path for mark in _REMOTE_MARKS):
         return 0, 0.0
     setting = {k: os.environ.get(k, v) for k, v in HTTP_RETRY_DEFAULTS.items()}
     try:

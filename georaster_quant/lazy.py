@@ -149,7 +149,7 @@ def predict_dataarray(
     # together must not share tasks.
     token = tokenize(
         padded.name, weights_path, meta.weights_info.sha256, backend, grid, batch_size,
-        probabilities, per_chunk,
+        probabilities, per_chunk, info.nodata, reader.scale_offset,
     )  # fmt: skip
     out = dsa.map_overlap(
         functools.partial(

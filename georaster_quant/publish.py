@@ -180,7 +180,7 @@ class S3Output:
                     raise
             except ValueError:
                 pass
-        if summary.get("run_signature") != signature:
+        if not isinstance(summary, dict) or summary.get("run_signature") != signature:
             raise OutputPathError(
                 f"{self.uri_of(out)}: already published, but not by this run (other settings, "
                 "weights, backend or input, or no run summary saying how); rerun with --overwrite"

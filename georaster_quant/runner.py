@@ -256,6 +256,9 @@ class Inference(Protocol):
     meta: BundleMeta
     #: Where the rows ran, for the run summary: :data:`THIS_PROCESS` or a dask scheduler.
     ran_on: str
+    #: The backend a run's signature names; fixed for the run (a cluster knows the workers'
+    #: backend only once one reports, so it signs with the requested one).
+    signed_as: str
 
     def rows(
         self, image: str, reader: Any, grid: TileGrid, rows: Sequence[int], opts: PredictOptions
@@ -269,7 +272,7 @@ class LocalInference:
 
     def __init__(self, backend: Backend):
         self.backend = backend
-        self.name = backend.name
+        self.name = self.signed_as = backend.name
         self.meta = backend.meta
         self.ran_on = THIS_PROCESS
 
@@ -379,7 +382,7 @@ def predict_raster(
     with open_input(image, meta, opts.bands) as reader:
         info = reader.info
         grid = _grid(info, meta, opts)
-        signature = _signature(meta, image, grid, opts, inference.name)
+        signature = _signature(meta, image, grid, opts, inference.signed_as)
         if opts.resume and complete:
             return _finished_run(out, signature)
         journal = Journal(_parts_dir(out), signature, opts.resume)
@@ -489,7 +492,7 @@ def _inference(model: Backend | Inference) -> Inference:
 
 
 def _grid(info: Any, meta: BundleMeta, opts: PredictOptions) -> TileGrid:
-    step = opts.stride or meta.input.default_stride
+    step = meta.input.default_stride if opts.stride is None else opts.stride
     return TileGrid(info.height, info.width, meta.input.tile_size, step)
 
 
@@ -503,7 +506,7 @@ def run_signature(
     inference = _inference(model)
     with open_input(os.fspath(image), inference.meta, opts.bands) as reader:
         grid = _grid(reader.info, inference.meta, opts)
-    return _signature(inference.meta, os.fspath(image), grid, opts, inference.name)
+    return _signature(inference.meta, os.fspath(image), grid, opts, inference.signed_as)
 
 
 def _finished_run(out: Path, signature: str) -> dict[str, Any]:
@@ -512,7 +515,7 @@ def _finished_run(out: Path, signature: str) -> dict[str, Any]:
         summary = json.loads(sidecars(out)[1].read_text(encoding="utf-8"))
     except (OSError, ValueError):
         summary = {}
-    if "run_signature" not in summary:
+    if not isinstance(summary, dict) or "run_signature" not in summary:
         raise OutputPathError(
             f"{out}: already complete, with no run summary saying how it was made (missing, or "
             "from an older version); rerun with --overwrite"

@@ -194,3 +194,28 @@ def test_evaluate_report_writes_the_disagreement_raster(
         np.testing.assert_array_equal(src.read(1), disagreement_map(fp32, int8))
         assert src.crs == scene.crs
         assert src.transform == scene.transform * scene.transform.scale(16)
+
+
+def test_disagreement_with_a_map_read_back_from_disk(trained_bundle, make_tif, tmp_path):
+    # Coordinates computed two ways differ in the last bits; the grid is still one grid.
+    from affine import Affine
+
+    step = 0.000269494585236  # not a binary fraction
+    pixels = np.random.default_rng(5).integers(300, 3000, (4, 200, 160)).astype("uint16")
+    scene = make_tif(
+        "wgs84.tif", pixels, transform=Affine(step, 0, 10, 0, -step, 45), crs="EPSG:4326"
+    )
+    da = rioxarray.open_rasterio(scene, chunks=64)
+    lazy = predict_dataarray(da, trained_bundle, stride=16)
+    path = tmp_path / "map.tif"
+    lazy["class"].rio.to_raster(path)
+    back = rioxarray.open_rasterio(path).squeeze("band", drop=True)
+    diff = disagreement_map(lazy, back).values
+    assert set(np.unique(diff)) <= {0, 255} and (diff == 0).any()
+
+
+def test_lazy_keys_follow_nodata_attributes(trained_bundle, holed_scene):
+    da = rioxarray.open_rasterio(holed_scene, chunks=128)
+    a = predict_dataarray(da, trained_bundle, stride=32)
+    b = predict_dataarray(da.rio.write_nodata(7), trained_bundle, stride=32)
+    assert a["class"].data.name != b["class"].data.name
