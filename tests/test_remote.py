@@ -328,6 +328,17 @@ def test_nothing_is_uploaded_when_the_run_fails(
     assert not staging.exists() or not any(staging.rglob("*"))
 
 
+def test_name_collision_in_an_s3_folder_names_the_uri(
+    capsys, s3_bucket, staging, small_scene, trained_bundle, tmp_path
+):
+    other = tmp_path / "elsewhere" / Path(small_scene[0]).name
+    other.parent.mkdir()
+    other.write_bytes(Path(small_scene[0]).read_bytes())
+    code, out, err = _predict(capsys, trained_bundle, [small_scene[0], other], "s3://rasters/m/")
+    name = Path(small_scene[0]).stem + "_classes.tif"
+    assert_one_line_error(code, out, err, f"s3://rasters/m/{name}", "rename one input")
+
+
 def test_failed_upload_keeps_the_staged_map_and_resume_uploads_it(
     capsys, monkeypatch, s3_bucket, staging, small_scene, trained_bundle
 ):

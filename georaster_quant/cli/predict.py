@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,11 @@ def expand_inputs(values: tuple[str, ...]) -> list[str]:
     return out
 
 
-def output_paths(inputs: list[str], output: str) -> list[Path]:
-    """One output per input: the file itself, or ``{stem}_classes.tif`` in a folder."""
+def output_paths(inputs: list[str], output: str, shown: Callable[[Path], str] = str) -> list[Path]:
+    """One output per input: the file itself, or ``{stem}_classes.tif`` in a folder.
+
+    ``shown`` names an output in messages (an ``s3://`` URI for a staged one).
+    """
     from georaster_quant.errors import OutputPathError
 
     if len(inputs) == 1 and not output.endswith(("/", "\\")) and not Path(output).is_dir():
@@ -60,7 +64,8 @@ def output_paths(inputs: list[str], output: str) -> list[Path]:
     for name, src in zip(names, inputs, strict=True):
         if name in seen:
             raise OutputPathError(
-                f"{folder / name}: both {seen[name]} and {src} would write it; rename one input"
+                f"{shown(folder / name)}: both {seen[name]} and {src} would write it; "
+                "rename one input"
             )
         seen[name] = src
     return [folder / n for n in names]
@@ -166,7 +171,7 @@ def command(
     inputs = expand_inputs(images)
     remote = S3Output(output, several=len(inputs) > 1) if is_remote_output(output) else None
     local = remote.staging if remote else output
-    outputs = output_paths(inputs, local)
+    outputs = output_paths(inputs, local, remote.uri_of if remote else str)
     if remote:
         remote.prepare(inputs, outputs, overwrite=overwrite or resume)
     if len(outputs) > 1 or outputs[0].parent != Path(local).parent:
