@@ -86,4 +86,14 @@ def load_config(path: str | os.PathLike[str], command: click.Command) -> dict[st
         if err["type"] == "extra_forbidden":
             raise ConfigError(f"{p}: unknown option {key!r} for {name}") from None
         raise ConfigError(f"{p}: option {key!r} for {name}: {err['msg']}") from None
-    return {k: v for k, v in validated.model_dump().items() if k in section}
+    values = {k: v for k, v in validated.model_dump().items() if k in section}
+    # The option's own checks (ranges, callbacks) too, so that their errors name this file.
+    params = {param.name: param for param in command.params}
+    ctx = click.Context(command)
+    for key, value in values.items():
+        if value is not None:
+            try:
+                params[key].process_value(ctx, value)
+            except click.BadParameter as exc:
+                raise ConfigError(f"{p}: option {key!r} for {name}: {exc.message}") from None
+    return values

@@ -32,3 +32,15 @@ def test_unknown_key_and_bad_type_are_refused(tmp_path):
     bad.write_text("version: 7\n")
     with pytest.raises(ConfigError, match="version"):
         load_config(bad, cli.commands["train"])
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [("stride: 0", "stride"), ("bands: '1,,2,3'", "bands")],
+    ids=["range", "callback"],
+)
+def test_option_checks_run_on_config_values_and_name_the_file(tmp_path, text, key):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"predict:\n  {text}\n")
+    with pytest.raises(ConfigError, match=f"bad.yaml: option '{key}' for predict"):
+        load_config(bad, cli.commands["predict"])
