@@ -243,10 +243,10 @@ def save_bundle(
     """
     import torch
 
-    out = check_output_path(path, overwrite=overwrite, folder=True)
+    out = check_output_path(path, overwrite=overwrite, folder=True, marker=META_FILE)
     # A state dict as given keeps its ``_metadata`` (module versions quantized layers need).
     state = model.state_dict() if hasattr(model, "state_dict") else model
-    with atomic_path(out) as tmp:
+    with atomic_path(out, marker=META_FILE) as tmp:
         tmp.mkdir()
         weights = tmp / WEIGHTS_FILE
         torch.save(state, weights)

@@ -339,12 +339,18 @@ def select_bands(
 
 
 def check_output_path(
-    path: str | os.PathLike[str], *, overwrite: bool = False, folder: bool = False
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    folder: bool = False,
+    marker: str | None = None,
 ) -> Path:
     """Refuse an output path that cannot be written, before any work starts.
 
-    ``folder`` says whether the output is a folder (a bundle) or a file; an existing path of
-    the other kind is refused even with ``overwrite``.
+    ``folder`` says whether the output is a folder (a bundle, a report) or a file; an existing
+    path of the other kind is refused even with ``overwrite``. An existing folder is replaced
+    only if it holds ``marker``, the file that says this tool wrote it (see
+    :func:`check_replaceable`).
     """
     out = Path(path)
     parent = out.parent if str(out.parent) else Path(".")
@@ -357,7 +363,25 @@ def check_output_path(
     if out.exists() and out.is_dir() != folder:
         want, found = ("a folder", "a file") if folder else ("a file", "a folder")
         raise OutputPathError(f"{out}: is {found}, the output is {want}")
+    if folder and out.is_dir():
+        check_replaceable(out, marker)
     return out
+
+
+def check_replaceable(folder: Path, marker: str | None) -> None:
+    """Refuse to replace a folder this tool did not write, or one holding the current folder.
+
+    ``--overwrite`` of a bundle or report must never delete a user's folder (or the data in
+    it): the folder must hold ``marker`` (``bundle.json``, a report's marker file).
+    """
+    here = Path.cwd().resolve()
+    if folder.resolve() in (here, *here.parents):
+        raise OutputPathError(f"{folder}: holds the current folder; choose another output")
+    if marker is None or not (folder / marker).is_file():
+        what = f"no {marker} in it" if marker else "not one of ours"
+        raise OutputPathError(
+            f"{folder}: is a folder this tool did not write ({what}); not replacing it"
+        )
 
 
 def ensure_folder(path: str | os.PathLike[str], *, create: bool = True) -> Path:
@@ -380,11 +404,14 @@ def ensure_folder(path: str | os.PathLike[str], *, create: bool = True) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str], *, suffix: str = "") -> Iterator[Path]:
+def atomic_path(
+    path: str | os.PathLike[str], *, suffix: str = "", marker: str | None = None
+) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only on success.
 
     The temporary may be a file or a folder; a folder at ``path`` is only ever replaced by a
-    folder. On failure it is removed and ``path`` is left as it was.
+    folder, and only if :func:`check_replaceable` with ``marker`` allows it. On failure the
+    temporary is removed and ``path`` is left as it was.
     """
     out = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".tmp{suffix}", dir=out.parent)
@@ -396,6 +423,7 @@ def atomic_path(path: str | os.PathLike[str], *, suffix: str = "") -> Iterator[P
         if out.is_dir() and not out.is_symlink():
             if not tmp.is_dir():
                 raise OutputPathError(f"{out}: is a folder; not replacing it with a file")
+            check_replaceable(out, marker)
             _remove(out)
         os.replace(tmp, out)
     finally:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from georaster_quant.bundle import (
+    META_FILE,
     Bundle,
     BundleMeta,
     Quantization,
@@ -234,7 +235,7 @@ def quantize_bundle(
     out_root = ensure_folder(output, create=False)  # made only when the bundle is written
     target = out_root / f"{meta.model_name}_{opts.quant_type}"
     if out_root.is_dir():
-        check_output_path(target, overwrite=overwrite, folder=True)
+        check_output_path(target, overwrite=overwrite, folder=True, marker=META_FILE)
 
     fp32 = Bundle(weights)
     fill = np.asarray(meta.input.fill_values, dtype=np.float32)

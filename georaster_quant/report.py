@@ -21,6 +21,9 @@ from georaster_quant.io import atomic_path, check_output_path, read_info, write_
 from georaster_quant.predict import NODATA_CLASS, disagreement_map
 from georaster_quant.tiling import Window
 
+#: The file that marks a folder as a report this tool wrote (and may replace).
+REPORT_MARKER = ".georaster-quant-report"
+
 
 def _plt() -> Any:
     import matplotlib
@@ -147,9 +150,10 @@ def write_report(
     folder: str | os.PathLike[str], scores: list[ModelScore], image: str, labels: str
 ) -> Path:
     """Write the figures and ``index.html`` into ``folder`` (replacing it) and return it."""
-    out = check_output_path(folder, overwrite=True, folder=True)
-    with atomic_path(out) as tmp:
+    out = check_output_path(folder, overwrite=True, folder=True, marker=REPORT_MARKER)
+    with atomic_path(out, marker=REPORT_MARKER) as tmp:
         tmp.mkdir()
+        (tmp / REPORT_MARKER).write_text("written by georaster-quant evaluate --report\n")
         figures: list[tuple[str, str]] = []
         for i, s in enumerate(scores):
             name = f"confusion_{i + 1}.png"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from rasterio.crs import CRS
 
 from georaster_quant.errors import ConfigError, RasterContractError, TrainingDataError
 from georaster_quant.io import RasterReader
@@ -51,6 +52,11 @@ def check_label_grid(image: RasterReader, labels: RasterReader) -> None:
         raise RasterContractError(
             f"{b.path}: labels are {b.width}x{b.height} pixels but the image "
             f"{a.path} is {a.width}x{a.height}"
+        )
+    if a.crs and b.crs and CRS.from_user_input(a.crs) != CRS.from_user_input(b.crs):
+        raise RasterContractError(
+            f"{b.path}: labels are in {b.crs} but the image {a.path} is in {a.crs}; "
+            "they must share one pixel grid"
         )
     if not a.transform.almost_equals(b.transform):
         raise RasterContractError(

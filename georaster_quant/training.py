@@ -20,6 +20,7 @@ import numpy as np
 
 from georaster_quant.arch import DEFAULT_ARCH
 from georaster_quant.bundle import (
+    META_FILE,
     Architecture,
     BundleMeta,
     ClassInfo,
@@ -188,7 +189,7 @@ def train(
     cfg = config or TrainConfig()
     cfg.check()
     spec = resolve_arch(cfg.arch)
-    out = check_output_path(output, overwrite=overwrite, folder=True)
+    out = check_output_path(output, overwrite=overwrite, folder=True, marker=META_FILE)
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)

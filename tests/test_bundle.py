@@ -124,9 +124,26 @@ def test_save_refuses_an_existing_path_unless_overwrite(
     with pytest.raises(errors.OutputPathError, match="already exists"):
         save_bundle(tmp_path / "taken", b.model, b.meta)
     assert (tmp_path / "taken" / "keep.txt").exists()
-    save_bundle(tmp_path / "taken", b.model, b.meta, overwrite=True)
-    assert sorted(p.name for p in (tmp_path / "taken").iterdir()) == [META_FILE, WEIGHTS_FILE]
+    # --overwrite replaces a bundle, never a folder of the user's (or the data in it).
+    with pytest.raises(errors.OutputPathError, match="did not write"):
+        save_bundle(tmp_path / "taken", b.model, b.meta, overwrite=True)
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "x"
+    save_bundle(tmp_path / "bundle", b.model, b.meta)
+    (tmp_path / "bundle" / "stale.txt").write_text("old")
+    save_bundle(tmp_path / "bundle", b.model, b.meta, overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == [META_FILE, WEIGHTS_FILE]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_overwrite_never_replaces_the_current_folder(
+    trained_bundle: Path, tmp_path: Path, monkeypatch
+) -> None:
+    b = Bundle(trained_bundle)
+    save_bundle(tmp_path / "bundle", b.model, b.meta)
+    monkeypatch.chdir(tmp_path / "bundle")
+    with pytest.raises(errors.OutputPathError, match="current folder"):
+        save_bundle(Path("."), b.model, b.meta, overwrite=True)
+    assert (tmp_path / "bundle" / WEIGHTS_FILE).is_file()
 
 
 def test_read_meta_does_not_import_torch(trained_bundle: Path) -> None:

@@ -554,3 +554,34 @@ def test_errors_have_no_traceback_but_debug_shows_one(tmp_path: Path) -> None:
     assert "Traceback (most recent call last)" in done.stderr
     assert "BundleError" in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("Error:")
+
+
+# --- outputs that --overwrite must not destroy ----------------------------------------------------
+
+
+def test_train_overwrite_refuses_a_folder_that_is_not_a_bundle(capsys, bad, tmp_path) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("precious")
+    code, out, err = run(capsys, *_train(bad, output=folder), "--overwrite")
+    assert_one_line_error(code, out, err, folder, "did not write")
+    assert (folder / "notes.txt").read_text() == "precious"
+
+
+def test_labels_in_another_crs_are_refused(capsys, bad, tmp_path) -> None:
+    other = tmp_path / "labels_32632.tif"
+    with rasterio.open(bad.labels) as src:
+        profile, data, tags = src.profile | {"crs": "EPSG:32632"}, src.read(), src.tags()
+    with rasterio.open(other, "w", **profile) as dst:
+        dst.write(data)
+        dst.update_tags(**tags)
+    code, out, err = run(capsys, *_train(bad, labels=other, output=tmp_path / "m"))
+    assert_one_line_error(code, out, err, other, "EPSG:32632")
+    assert not (tmp_path / "m").exists()
+
+
+def test_demo_output_under_a_file_is_bad_input(capsys, tmp_path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    code, out, err = run(capsys, "demo", "--output", afile / "demo", "--size", 512, "-q")
+    assert_one_line_error(code, out, err, afile / "demo")

@@ -386,7 +386,13 @@ def test_atomic_path_success_replaces_file_and_folder(tmp_path: Path) -> None:
     folder = tmp_path / "bundle"
     folder.mkdir()
     (folder / "stale.txt").write_text("stale")
-    with atomic_path(folder) as tmp:
+    with pytest.raises(errors.OutputPathError, match="did not write"):  # no marker: not ours
+        with atomic_path(folder, marker="bundle.json") as tmp:
+            tmp.mkdir()
+            (tmp / "bundle.json").write_text("{}")
+    assert sorted(p.name for p in folder.iterdir()) == ["stale.txt"]
+    (folder / "bundle.json").write_text("{}")  # now it is one of ours
+    with atomic_path(folder, marker="bundle.json") as tmp:
         tmp.mkdir()
         (tmp / "bundle.json").write_text("{}")
     assert sorted(p.name for p in folder.iterdir()) == ["bundle.json"]

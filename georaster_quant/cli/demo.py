@@ -20,7 +20,7 @@ from georaster_quant.cli.options import config_option, quiet_option, show_progre
 )
 @click.option(
     "--size",
-    type=click.IntRange(min=512),  # the validation split needs several 256-pixel blocks
+    type=click.IntRange(min=512, max=16384),  # the split needs several 256-pixel blocks
     default=2048,
     show_default=True,
     help="Edge of the training scene in pixels.",
@@ -41,6 +41,7 @@ def command(output: str, size: int, epochs: int, seed: int, quiet: bool) -> None
       georaster-quant demo --output runs/demo
     """
     from georaster_quant.cli.evaluate import format_results
+    from georaster_quant.errors import OutputPathError
     from georaster_quant.evaluation import evaluate
     from georaster_quant.io import atomic_path
     from georaster_quant.synth import SceneSpec, generate_scene
@@ -48,7 +49,10 @@ def command(output: str, size: int, epochs: int, seed: int, quiet: bool) -> None
 
     out = Path(output)
     progress = show_progress(quiet)
-    out.mkdir(parents=True, exist_ok=True)
+    try:  # the default runs/demo may not exist yet on a fresh clone
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(f"{out}: cannot create the folder ({exc.strerror})") from None
     click.echo(
         f"1/4 synthetic scenes in {out}/ (train {size}x{size} seed {seed}, test seed {seed + 1000})"
     )

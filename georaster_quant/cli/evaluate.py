@@ -99,11 +99,12 @@ def command(
     """
     from georaster_quant.evaluation import score_models
     from georaster_quant.io import atomic_path, check_output_path
+    from georaster_quant.report import REPORT_MARKER
 
     if json_path:
         check_output_path(json_path, overwrite=True)
     if report_dir:
-        check_output_path(report_dir, overwrite=True, folder=True)
+        check_output_path(report_dir, overwrite=True, folder=True, marker=REPORT_MARKER)
     scores, _ = score_models(
         list(weights),
         image,

@@ -16,7 +16,9 @@ from georaster_quant.cli.options import config_option, overwrite_option, quiet_o
     type=click.IntRange(3, 13),
     default=4,
     show_default=True,
-    help="Sentinel-2-like bands: blue, green, red, nir first, then swir1, swir2, red edges ...",
+    help="How many Sentinel-2-like bands: blue, green, red and nir come first, then swir1, "
+    "swir2, the red edges ...; the file lists them in wavelength order (e.g. 7: blue, green, "
+    "red, rededge1, nir, swir1, swir2).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Scene seed (deterministic).")
 @click.option("--cog", is_flag=True, help="Write cloud-optimized GeoTIFFs with overviews.")

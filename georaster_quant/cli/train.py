@@ -113,7 +113,7 @@ def command(
     Examples:
       georaster-quant train --image data/train/scene.tif --labels data/train/labels.tif \\
           --output runs/best
-      georaster-quant train --config configs/train.yaml --epochs 5
+      georaster-quant train --config configs/pipeline.yaml --epochs 5
     """
     from georaster_quant.cli.export import export_onnx_into
     from georaster_quant.training import train
