@@ -372,11 +372,13 @@ def check_replaceable(folder: Path, marker: str | None) -> None:
     """Refuse to replace a folder this tool did not write, or one holding the current folder.
 
     ``--overwrite`` of a bundle or report must never delete a user's folder (or the data in
-    it): the folder must hold ``marker`` (``bundle.json``, a report's marker file).
+    it): the folder must be empty or hold ``marker`` (``bundle.json``, a report's marker file).
     """
     here = Path.cwd().resolve()
     if folder.resolve() in (here, *here.parents):
         raise OutputPathError(f"{folder}: holds the current folder; choose another output")
+    if not any(folder.iterdir()):
+        return
     if marker is None or not (folder / marker).is_file():
         what = f"no {marker} in it" if marker else "not one of ours"
         raise OutputPathError(

@@ -391,12 +391,17 @@ def test_atomic_path_success_replaces_file_and_folder(tmp_path: Path) -> None:
             tmp.mkdir()
             (tmp / "bundle.json").write_text("{}")
     assert sorted(p.name for p in folder.iterdir()) == ["stale.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with atomic_path(empty, marker="bundle.json") as tmp:  # an empty folder holds nothing to lose
+        tmp.mkdir()
+    leftovers_ok = {"result.bin", "bundle", "empty"}
     (folder / "bundle.json").write_text("{}")  # now it is one of ours
     with atomic_path(folder, marker="bundle.json") as tmp:
         tmp.mkdir()
         (tmp / "bundle.json").write_text("{}")
     assert sorted(p.name for p in folder.iterdir()) == ["bundle.json"]
-    assert leftovers(tmp_path, {"result.bin", "bundle"}) == []
+    assert leftovers(tmp_path, leftovers_ok) == []
 
 
 # --- writing ----------------------------------------------------------------------------------
