@@ -46,14 +46,14 @@ class PixelArea:
         f = 1 / ell.inverse_flattening if ell.inverse_flattening else 0.0
         shape = {"semi_major": ell.semi_major_metre, "e2": f * (2 - f)}
         if c.is_geographic:
-            unit = c.axis_info[0].unit_conversion_factor if c.axis_info else math.radians(1)
-            return cls(transform, "ellipsoidal", unit=unit, **shape)
+            return cls(transform, "ellipsoidal", unit=_radians_per_unit(c), **shape)
         lonlat = c.geodetic_crs
         if lonlat is None:  # an engineering CRS: no ellipsoid to measure on
             return cls(transform, "unknown")
-        unit = lonlat.axis_info[0].unit_conversion_factor if lonlat.axis_info else math.radians(1)
         to_lonlat = Transformer.from_crs(c, lonlat, always_xy=True)
-        return cls(transform, "projected", unit=unit, to_lonlat=to_lonlat, **shape)
+        return cls(
+            transform, "projected", unit=_radians_per_unit(lonlat), to_lonlat=to_lonlat, **shape
+        )
 
     @property
     def known(self) -> bool:
@@ -87,3 +87,9 @@ class PixelArea:
         meridian = self.semi_major * (1 - self.e2) / w**1.5  # north-south curvature radius
         normal = self.semi_major / np.sqrt(w)  # east-west curvature radius
         return size * meridian * normal * np.cos(lat)
+
+
+def _radians_per_unit(geographic: Any) -> float:
+    """Radians per angular unit of a geographic pyproj CRS (degrees if it does not say)."""
+    axes = geographic.axis_info
+    return axes[0].unit_conversion_factor if axes else math.radians(1)

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from georaster_quant import __version__
 from georaster_quant.errors import BundleError
 from georaster_quant.io import atomic_path, check_output_path
+from georaster_quant.tiling import TileGrid
 
 if TYPE_CHECKING:
     from georaster_quant.model import GeoRasterCNN
@@ -58,6 +59,12 @@ class InputContract(_Strict):
     default_stride: int
     pixel_size: tuple[float, float] | None
     label_footprint: int
+
+    def grid(self, height: int, width: int, stride: int | None = None) -> TileGrid:
+        """The prediction grid of a ``height`` x ``width`` raster (default stride if None)."""
+        return TileGrid(
+            height, width, self.tile_size, self.default_stride if stride is None else stride
+        )
 
 
 class Normalization(_Strict):

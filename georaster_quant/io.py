@@ -55,11 +55,14 @@ def read_retries(path: str) -> tuple[int, float]:
     """
     if not any(mark in path for mark in _REMOTE_MARKS):
         return 0, 0.0
-    setting = {k: os.environ.get(k, v) for k, v in HTTP_RETRY_DEFAULTS.items()}
-    try:
+
+    def parse(setting: dict[str, str]) -> tuple[int, float]:
         return int(setting["GDAL_HTTP_MAX_RETRY"]), float(setting["GDAL_HTTP_RETRY_DELAY"])
-    except ValueError:
-        return 3, 1.0
+
+    try:
+        return parse({k: os.environ.get(k, v) for k, v in HTTP_RETRY_DEFAULTS.items()})
+    except ValueError:  # values GDAL would not parse either: the defaults
+        return parse(HTTP_RETRY_DEFAULTS)
 
 
 def gdal_env() -> dict[str, Any]:
@@ -353,11 +356,7 @@ def check_output_path(
     :func:`check_replaceable`).
     """
     out = Path(path)
-    parent = out.parent if str(out.parent) else Path(".")
-    if parent.exists() and not parent.is_dir():
-        raise OutputPathError(f"{out}: parent {parent} is a file, not a folder")
-    if not parent.exists():
-        raise OutputPathError(f"{out}: folder {parent} does not exist")
+    _check_parent(out)
     if out.exists() and not overwrite:
         raise OutputPathError(f"{out}: already exists (pass --overwrite to replace it)")
     if out.exists() and out.is_dir() != folder:
@@ -366,6 +365,15 @@ def check_output_path(
     if folder and out.is_dir():
         check_replaceable(out, marker)
     return out
+
+
+def _check_parent(out: Path) -> None:
+    """Outputs go into existing folders: a typo in a path is an error, not a new folder tree."""
+    parent = out.parent if str(out.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise OutputPathError(f"{out}: parent {parent} is a file, not a folder")
+    if not parent.exists():
+        raise OutputPathError(f"{out}: folder {parent} does not exist")
 
 
 def check_replaceable(folder: Path, marker: str | None) -> None:
@@ -395,11 +403,7 @@ def ensure_folder(path: str | os.PathLike[str], *, create: bool = True) -> Path:
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise OutputPathError(f"{folder}: is a file, not a folder")
-    parent = folder.parent
-    if parent.exists() and not parent.is_dir():
-        raise OutputPathError(f"{folder}: parent {parent} is a file, not a folder")
-    if not parent.is_dir():
-        raise OutputPathError(f"{folder}: folder {parent} does not exist")
+    _check_parent(folder)
     if create:
         folder.mkdir(exist_ok=True)
     return folder

@@ -129,8 +129,7 @@ def predict_dataarray(
             f"{info.path}: has {info.count} band(s) but the model takes {len(meta.input.bands)}; "
             "choose them with bands=[...]"
         )
-    step = meta.input.default_stride if stride is None else stride
-    grid = TileGrid(info.height, info.width, meta.input.tile_size, step)
+    grid = meta.input.grid(info.height, info.width, stride)
     source = reader.data
     data = source.data if isinstance(source.data, dsa.Array) else dsa.from_array(source.values)
     n_rows, n_cols = grid.shape

@@ -71,12 +71,7 @@ def predict_grid(
             f"{reader.info.path}: has {reader.info.count} band(s) but the model takes "
             f"{len(meta.input.bands)}"
         )
-    grid = TileGrid(
-        reader.info.height,
-        reader.info.width,
-        meta.input.tile_size,
-        meta.input.default_stride if stride is None else stride,
-    )
+    grid = meta.input.grid(reader.info.height, reader.info.width, stride)
     classes = np.full(grid.shape, NODATA_CLASS, dtype=np.uint8)
     confidence = np.zeros(grid.shape, dtype=np.float32)
     seconds: list[float] = []
@@ -154,6 +149,14 @@ class CellRows:
     def add(self, batch: TileBatch, probs: np.ndarray) -> list[int]:
         """File a batch's class probabilities; returns the rows it completed."""
         return self.file(batch.rows, batch.cols, self.decide(batch, probs))
+
+    def decided_prefix(self, row: int) -> int:
+        """How many tiles from the start of ``row`` are filed, when none past them is (else 0)."""
+        state = self._rows.get(row)
+        if state is None:
+            return 0
+        m = int(np.argmin(state["filled"]))  # the first tile not filed
+        return 0 if state["filled"][m:].any() else m
 
     def pop(self, row: int) -> dict[str, np.ndarray]:
         """Take a finished row out: ``classes``, ``confidence``, ``probabilities``."""

@@ -204,8 +204,7 @@ class S3Output:
                 predict(backend, image, out, opts)
                 return self.upload(out)
             finally:
-                with contextlib.suppress(OSError):
-                    out.parent.rmdir()  # only when empty: after an upload, or a failed run
+                self.cleanup()  # empty after an upload, or a failed run
 
         return run
 

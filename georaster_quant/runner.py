@@ -172,32 +172,17 @@ class Journal:
         with open(self.folder / f"log_{part:06d}.bin", "ab") as f:  # close() writes it all
             f.write(b"".join(record))
 
-    def logged(self, n_cols: int, k: int) -> dict[int, tuple[np.ndarray, dict[str, np.ndarray]]]:
-        """Rows of unsaved parts with logged tiles: ``row -> (filled, arrays)``, full width.
+    def logged(self, k: int) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]]:
+        """The logged tiles of parts not saved yet, in log order: ``(rows, cols, decided)``.
 
-        ``filled`` says which columns the log holds; ``arrays`` are ``classes``,
-        ``confidence`` and (when ``k``) ``probabilities`` ``(k, n_cols)``.
+        ``k`` is the number of probability rows the records hold (0 without probabilities).
         """
         saved = self.done()
-        out: dict[int, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
         for path in sorted(self.folder.glob("log_*.bin")):
             for rows, cols, decided in _log_records(path.read_bytes(), k):
-                for r in np.unique(rows).tolist():
-                    if r // PART_ROWS in saved:
-                        continue
-                    if r not in out:
-                        arrays = {
-                            "classes": np.full(n_cols, NODATA_CLASS, np.uint8),
-                            "confidence": np.full(n_cols, NODATA_CLASS, np.uint8),
-                            "probabilities": np.full((k, n_cols), NODATA_CLASS, np.uint8),
-                        }
-                        out[r] = (np.zeros(n_cols, bool), arrays)
-                    filled, arrays = out[r]
-                    sel = rows == r
-                    for name, values in decided.items():
-                        arrays[name][..., cols[sel]] = values[..., sel]
-                    filled[cols[sel]] = True
-        return out
+                keep = np.array([r // PART_ROWS not in saved for r in rows.tolist()])
+                if keep.any():
+                    yield rows[keep], cols[keep], {n: v[..., keep] for n, v in decided.items()}
 
     def load(self, index: int) -> dict[str, np.ndarray]:
         """The arrays of one part."""
@@ -284,22 +269,19 @@ class LocalInference:
         rows: Sequence[int],
         opts: PredictOptions,
         *,
-        head: tuple[int, dict[str, np.ndarray]] | None = None,
+        cells: CellRows | None = None,
+        skip: int = 0,
         log: Callable[[np.ndarray, np.ndarray, dict[str, np.ndarray]], None] | None = None,
     ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         """Classify ``rows`` of ``reader`` (open on ``image``), reading and inferring at once.
 
-        ``head`` is ``(m, arrays)``: the first ``m`` tiles of the first row are decided
-        already (full-width ``arrays`` of a resumed run) and are not inferred again. ``log``
+        A resumed run passes the ``cells`` its log filled already and ``skip``, the tiles at
+        the start of the first row among them, which are not inferred again. ``log``
         receives each batch's decided tiles before their rows are yielded.
         """
         fill = np.asarray(self.meta.input.fill_values, dtype=np.float32)
-        cells = CellRows(grid.shape[1], len(self.meta.classes), opts.probabilities)
-        skip = 0
-        if head is not None and rows:
-            skip, arrays = head
-            done = {name: values[..., :skip] for name, values in arrays.items()}
-            cells.file(np.full(skip, rows[0]), np.arange(skip), done)
+        if cells is None:
+            cells = CellRows(grid.shape[1], len(self.meta.classes), opts.probabilities)
         q: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
         stop = threading.Event()
         thread = threading.Thread(
@@ -381,7 +363,7 @@ def predict_raster(
     meta = inference.meta
     with open_input(image, meta, opts.bands) as reader:
         info = reader.info
-        grid = _grid(info, meta, opts)
+        grid = meta.input.grid(info.height, info.width, opts.stride)
         signature = _signature(meta, image, grid, opts, inference.signed_as)
         if opts.resume and complete:
             return _finished_run(out, signature)
@@ -392,18 +374,17 @@ def predict_raster(
         rows = [r for p in todo for r in range(p * PART_ROWS, min((p + 1) * PART_ROWS, n_rows))]
         pending: dict[int, dict[str, np.ndarray]] = {}
         local = isinstance(inference, LocalInference)
-        head = None
+        cells, skip = None, 0
         if local and opts.resume:  # rows and the first row's tiles the log holds
-            pending, head = _from_log(journal, rows, n_cols, len(meta.classes), opts)
+            pending, cells, skip = _from_log(journal, rows, n_cols, len(meta.classes), opts)
             rows = [r for r in rows if r not in pending]
             for part in sorted({r // PART_ROWS for r in pending}):
                 _flush_if_complete(part, pending, journal, n_rows)
-        skip = head[0] if head else 0
         inferred = len(rows) * n_cols - skip
         bar = progress_bar(
             total=inferred, unit="tile", desc=Path(image).name, enabled=opts.progress
         )
-        more = {"head": head, "log": journal.log} if local else {}
+        more = {"cells": cells, "skip": skip, "log": journal.log} if local else {}
         finished = inference.rows(image, reader, grid, rows, opts, **more)
         try:
             for row, arrays in finished:
@@ -466,34 +447,24 @@ def predict_raster(
 
 def _from_log(
     journal: Journal, rows: list[int], n_cols: int, k: int, opts: PredictOptions
-) -> tuple[dict[int, dict[str, np.ndarray]], tuple[int, dict[str, np.ndarray]] | None]:
-    """What an interrupted run's log holds of ``rows``.
+) -> tuple[dict[int, dict[str, np.ndarray]], CellRows, int]:
+    """What an interrupted run's log holds of ``rows``, filed as the run files batches.
 
-    Returns the whole rows it holds, and the tiles decided at the start of the first row still
-    missing: ``(m, arrays)`` for its first ``m`` tiles, or None.
+    Returns the whole rows, the cells holding the rest, and how many tiles at the start of the
+    first row still missing are decided (only such a run of tiles is skipped; other tiles are
+    inferred again and overwrite theirs).
     """
-    logged = journal.logged(n_cols, k if opts.probabilities else 0)
+    cells = CellRows(n_cols, k, opts.probabilities)
     whole = {}
-    for r, (filled, arrays) in logged.items():
-        if filled.all():
-            whole[r] = arrays
+    for logged_rows, cols, decided in journal.logged(k if opts.probabilities else 0):
+        for r in cells.file(logged_rows, cols, decided):
+            whole[r] = cells.pop(r)
     rest = [r for r in rows if r not in whole]
-    if not rest or rest[0] not in logged:
-        return whole, None
-    filled, arrays = logged[rest[0]]
-    m = int(np.argmin(filled))  # the first tile not decided
-    if m == 0 or filled[m:].any():  # only a run of tiles from the row's start is usable
-        return whole, None
-    return whole, (m, arrays)
+    return whole, cells, cells.decided_prefix(rest[0]) if rest else 0
 
 
 def _inference(model: Backend | Inference) -> Inference:
     return model if hasattr(model, "rows") else LocalInference(model)  # type: ignore[arg-type,return-value]
-
-
-def _grid(info: Any, meta: BundleMeta, opts: PredictOptions) -> TileGrid:
-    step = meta.input.default_stride if opts.stride is None else opts.stride
-    return TileGrid(info.height, info.width, meta.input.tile_size, step)
 
 
 def run_signature(
@@ -505,7 +476,7 @@ def run_signature(
     """
     inference = _inference(model)
     with open_input(os.fspath(image), inference.meta, opts.bands) as reader:
-        grid = _grid(reader.info, inference.meta, opts)
+        grid = inference.meta.input.grid(reader.info.height, reader.info.width, opts.stride)
     return _signature(inference.meta, os.fspath(image), grid, opts, inference.signed_as)
 
 
