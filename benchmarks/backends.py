@@ -4,8 +4,10 @@ Uses the FP32 and per-channel INT8 bundles of benchmarks/quantization.py (run it
 exports both to TorchScript and ONNX, and also builds the alternative INT8 ONNX path (ONNX
 Runtime static quantization of the FP32 graph: QDQ, signed 8-bit, per channel, after
 ``quant_pre_process``, calibrated on the same diverse tiles) to compare it with the export of
-the torch INT8 model. Timings alternate backends in blocks within one process; start-up is a
-whole fresh interpreter: import, load, first batch.
+the torch INT8 model. The INT8 bundle runs on eager torch twice: on the kernels it loads with
+here (oneDNN on AVX-512 VNNI CPUs) and on fbgemm's, the engine it was calibrated for. Timings
+alternate backends in blocks within one process; start-up is a whole fresh interpreter:
+import, load, first batch.
 
     python benchmarks/backends.py [--out benchmarks/results] [--repeats 20]
 """
@@ -23,8 +25,8 @@ import torch
 from _common import timings
 
 from georaster_quant.arch import DEFAULT_ARCH
-from georaster_quant.backend import open_backend
-from georaster_quant.bundle import read_meta
+from georaster_quant.backend import TorchBackend, open_backend
+from georaster_quant.bundle import Bundle, read_meta
 from georaster_quant.calibration import CalibrationDataReader, choose_calibration_tiles
 from georaster_quant.export import export_bundle
 
@@ -119,12 +121,16 @@ def main() -> None:
         k: float((open_backend(p)(tiles).argmax(1) == ref[k.split("/")[0]]).mean())
         for k, p in files.items()
     }
+    fbgemm = TorchBackend(Bundle(int8_dir, engine="fbgemm"))(tiles).argmax(1)
+    agreement["int8/torch-fbgemm"] = float((fbgemm == ref["int8"]).mean())
 
     results: dict[str, dict[str, float]] = {}
     for threads in (1, 2):
         runners = {}
         for name, bundle in (("fp32", fp32_dir), ("int8", int8_dir)):
             runners[f"{name}/torch"] = open_backend(bundle, "torch", threads)
+        # The kernels the INT8 bundle was calibrated for, against the ones it loads with here.
+        runners["int8/torch-fbgemm"] = TorchBackend(Bundle(int8_dir, engine="fbgemm"), threads)
         for k, p in files.items():
             runners[k] = open_backend(p, threads=threads)
         torch.set_num_threads(threads)
@@ -140,7 +146,8 @@ def main() -> None:
 
     np.save(edir / "x.npy", tiles[:32])
     startup = {}
-    for k, path in [("fp32/torch", fp32_dir), ("int8/torch", int8_dir), *files.items()]:
+    kinds = [("fp32/torch", fp32_dir), ("int8/torch", int8_dir), *files.items()]
+    for k, path in kinds:
         backend = k.split("/")[1].replace("-qdq", "")
         runs = []
         for _ in range(3):
@@ -155,23 +162,29 @@ def main() -> None:
         startup[k] = {"seconds": float(np.median(runs)), "imports_torch": has_torch == "True"}
 
     cpu = torch.backends.cpu.get_cpu_capability()
+    engine = Bundle(int8_dir).engine
     report = {
         "cpu_capability": cpu,
+        "int8_torch_engine": engine,
         "tiles_per_s": results,
         "startup": startup,
         "agreement_with_eager": agreement,
     }
     (out / "backends.json").write_text(json.dumps(report, indent=2))
-    print(f"\nCPU capability: {cpu}; tiles per second (4x64x64), higher is better\n")
+    print(
+        f"\nCPU capability: {cpu}; INT8 torch kernels: {engine}; "
+        "tiles per second (4x64x64), higher is better\n"
+    )
     keys = list(next(iter(results.values())))
     print("| backend | agree | " + " | ".join(results) + " | start-up s | imports torch |")
     print("|---|---|" + "---|" * len(results) + "---|---|")
     for k in keys:
         agree = "ref" if k.endswith("/torch") else f"{agreement[k]:.2%}"
+        start = startup.get(k, startup.get(k.split("-")[0]))
         print(
             f"| {k} | {agree} | "
             + " | ".join(f"{results[c][k]:.0f}" for c in results)
-            + f" | {startup[k]['seconds']:.2f} | {startup[k]['imports_torch']} |"
+            + f" | {start['seconds']:.2f} | {start['imports_torch']} |"
         )
     for prec in ("fp32", "int8"):
         best = max((k for k in keys if k.startswith(prec)), key=lambda k: results["b32_t2"][k])

@@ -27,6 +27,7 @@ from georaster_quant.synth import SceneSpec, generate_scene
 from georaster_quant.training import TrainConfig, train
 
 QUANT_TYPES = ("fp16", "dynamic_int8", "static_int8", "per_channel_int8", "qat_int8")
+FBGEMM_ROWS = ("static_int8", "per_channel_int8")
 
 
 def main() -> None:
@@ -114,11 +115,14 @@ def main() -> None:
         }
         for qt in QUANT_TYPES:
             runners[qt] = torch_runner(loaded[qt].model)
+        for qt in FBGEMM_ROWS:  # the kernels they were calibrated for (see kernel_engine)
+            runners[f"{qt}_fbgemm"] = torch_runner(Bundle(bundles[qt], engine="fbgemm").model)
         for bs in (1, 32):
             latency[f"b{bs}_t{threads}"] = timings(
                 runners, np.ascontiguousarray(calib[:bs]), args.repeats
             )
     result["latency_ms"] = latency
+    result["kernel_engine"] = loaded["per_channel_int8"].engine
     rows = []
     for qt, r in zip(bundles, evals, strict=True):
         lat = {k: v["fp32_eager" if qt == "fp32" else qt] for k, v in latency.items()}
@@ -138,7 +142,10 @@ def main() -> None:
     (out / "quantization.json").write_text(json.dumps(result, indent=2))
 
     cells = rows[0]["cells"]
-    print(f"\nCPU capability: {cpu}; test scene 1536² seed 4242, stride 16, {cells} cells\n")
+    print(
+        f"\nCPU capability: {cpu}; INT8 kernels: {result['kernel_engine']}; "
+        f"test scene 1536² seed 4242, stride 16, {cells} cells\n"
+    )
     print(
         "| type | accuracy | drop (pp) | agreement | size (B) | smaller | "
         "b32 t2 ms | b32 t1 ms | b1 t2 ms | b1 t1 ms | b32 t2 speed-up vs fastest FP32 |"
@@ -153,11 +160,15 @@ def main() -> None:
             f"{lat['b32_t2']:.2f} | {lat['b32_t1']:.2f} | {lat['b1_t2']:.2f} | "
             f"{lat['b1_t1']:.2f} | {fastest / lat['b32_t2']:.2f}x |"
         )
-    ort_row = {k: v["fp32_onnxruntime"] for k, v in latency.items()}
-    print(
-        f"| fp32 (ONNX Runtime) | | | | | | {ort_row['b32_t2']:.2f} | {ort_row['b32_t1']:.2f} | "
-        f"{ort_row['b1_t2']:.2f} | {ort_row['b1_t1']:.2f} | |"
-    )
+    for name, label in [
+        ("fp32_onnxruntime", "fp32 (ONNX Runtime)"),
+        *((f"{qt}_fbgemm", f"{qt} (fbgemm kernels)") for qt in FBGEMM_ROWS),
+    ]:
+        lat = {k: v[name] for k, v in latency.items()}
+        print(
+            f"| {label} | | | | | | {lat['b32_t2']:.2f} | {lat['b32_t1']:.2f} | "
+            f"{lat['b1_t2']:.2f} | {lat['b1_t1']:.2f} | {fastest / lat['b32_t2']:.2f}x |"
+        )
     print("\n| type | observer | calibration | accuracy | drop (pp) | agreement |")
     print("|---|---|---|---|---|---|")
     for r in observer_rows:

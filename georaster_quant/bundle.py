@@ -323,12 +323,23 @@ def build_fp32_model(meta: BundleMeta) -> GeoRasterCNN:
 class Bundle:
     """A loaded bundle: its metadata and a ready module in eval mode."""
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], engine: str | None = None):
+        """Load the bundle at ``path``.
+
+        ``engine`` picks the quantized kernels an INT8 model runs on (default: the fastest
+        for this CPU, :func:`georaster_quant.quantize.kernel_engine`).
+        """
         self.path = Path(path)
         self.meta = read_meta(self.path)
+        #: The quantized engine whose kernels run an INT8 model (None: no INT8 kernels).
+        self.engine: str | None = None
         state = load_state_dict(self.path, self.meta)
         model: Any = build_fp32_model(self.meta)
         q = self.meta.quantization
+        if q.type not in ("fp32", "fp16"):
+            from georaster_quant.quantize import kernel_engine
+
+            self.engine = kernel_engine(q.type, q.engine or "fbgemm", engine)
         try:
             if q.type == "fp32":
                 model.load_state_dict(state, strict=True)
@@ -342,7 +353,7 @@ class Bundle:
                     q.per_channel,
                     tuple(q.fp32_layers),
                 )
-                model = load_state(rebuild(model, config, q.details), state)
+                model = load_state(rebuild(model, config, q.details), state, self.engine)
         except (RuntimeError, KeyError, ValueError) as exc:
             first = str(exc).splitlines()[0]
             raise BundleError(

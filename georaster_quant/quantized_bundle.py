@@ -318,6 +318,7 @@ def quantize_bundle(
         "latency_ms_fp32": lat["fp32"],
         "latency_ms_quant": lat["quant"],
         "batch_size": len(batch),
+        "kernels": written["bundle"].engine,
         "accuracy_fp32": ref.accuracy,
         "accuracy_quant": again.accuracy,
         "agreement": again.agreement,
@@ -486,7 +487,8 @@ def format_summary(s: dict[str, Any]) -> str:
         f"  size               {s['size_fp32']:,} B -> {s['size_quant']:,} B "
         f"({s['compression']:.2f}x smaller)",
         f"  latency/batch {s['batch_size']:<4} {s['latency_ms_fp32']:.2f} ms -> "
-        f"{s['latency_ms_quant']:.2f} ms ({s['latency_ms_fp32'] / s['latency_ms_quant']:.2f}x)",
+        f"{s['latency_ms_quant']:.2f} ms ({s['latency_ms_fp32'] / s['latency_ms_quant']:.2f}x)"
+        + (f" on {s['kernels']} kernels" if s.get("kernels") else ""),
     ]
     if not np.isnan(s["accuracy_quant"]):
         lines.append(

@@ -430,6 +430,59 @@ def test_rebuild_and_load_state_round_trip(
     assert torch.equal(q.run(module, eval_tiles), q.run(res.module, eval_tiles))
 
 
+# --------------------------------------------------------------------------- kernels at load
+
+ONEDNN = "onednn" in torch.backends.quantized.supported_engines
+
+
+@pytest.mark.parametrize("vnni", [True, False])
+def test_kernel_engine_follows_the_cpu(monkeypatch, vnni: bool) -> None:
+    monkeypatch.setattr(q, "_has_avx512_vnni", lambda: vnni)
+    for quant_type in q.STATIC_TYPES:
+        for calibrated in ("fbgemm", "x86"):
+            expected = "onednn" if vnni and ONEDNN else calibrated
+            assert q.kernel_engine(quant_type, calibrated) == expected
+        assert q.kernel_engine(quant_type, "qnnpack") == "qnnpack"  # not a 7-bit calibration
+    assert q.kernel_engine("dynamic_int8", "fbgemm") == "fbgemm"
+    assert q.kernel_engine("per_channel_int8", "fbgemm", requested="fbgemm") == "fbgemm"
+
+
+def test_requested_kernels_must_be_available() -> None:
+    with pytest.raises(ConfigError) as info:
+        q.kernel_engine("static_int8", "fbgemm", requested="tensorrt")
+    message = str(info.value)
+    assert "'tensorrt' is not available" in message
+    assert "fbgemm" in message
+
+
+@pytest.mark.skipif(not ONEDNN, reason="this torch build has no oneDNN quantized engine")
+@pytest.mark.parametrize("quant_type", ["static_int8", "per_channel_int8", "qat_int8"])
+def test_onednn_kernels_give_the_fbgemm_decisions(fp32, quantized, eval_tiles, quant_type) -> None:
+    res = quantized(quant_type)
+    state = res.module.state_dict()
+    decisions = {}
+    for engine in ("fbgemm", "onednn"):
+        module = q.load_state(
+            q.rebuild(build_fp32_model(fp32.meta), res.config, res.details), state, engine
+        )
+        assert torch.backends.quantized.engine == engine  # the weights were packed for it
+        decisions[engine] = q.run(module, eval_tiles).argmax(1)
+    share = (decisions["fbgemm"] == decisions["onednn"]).float().mean().item()
+    assert share >= 0.99, f"oneDNN and fbgemm kernels agree on only {share:.1%} of tiles"
+
+
+def test_bundle_loads_on_the_chosen_kernels(int8_bundle: Path, eval_tiles) -> None:
+    default = Bundle(int8_bundle)
+    quant = default.meta.quantization
+    assert default.engine == q.kernel_engine(quant.type, quant.engine)
+    fbgemm = Bundle(int8_bundle, engine="fbgemm")
+    assert fbgemm.engine == "fbgemm"
+    a, b = (q.run(x.model, eval_tiles).argmax(1) for x in (default, fbgemm))
+    assert (a == b).float().mean().item() >= 0.99
+    with pytest.raises(ConfigError, match="not available"):
+        Bundle(int8_bundle, engine="tensorrt")
+
+
 # --------------------------------------------------------------------------- calibration
 
 

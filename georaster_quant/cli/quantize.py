@@ -40,7 +40,9 @@ TARGET_TYPES = tuple(t for t in QUANT_TYPES if t != "fp32")
     type=click.Choice(ENGINES),
     default="fbgemm",
     show_default=True,
-    help="Quantized kernel backend.",
+    help="Engine to calibrate for (its qconfig). When an fbgemm or x86 static or QAT bundle "
+    "loads on a CPU with AVX-512 VNNI, torch runs it on oneDNN's kernels (1.6-2x faster "
+    "here); otherwise on this engine's.",
 )
 @click.option(
     "--observer",
