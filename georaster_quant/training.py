@@ -12,6 +12,7 @@ import copy
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from georaster_quant.bundle import (
     provenance,
     save_bundle,
 )
-from georaster_quant.errors import ConfigError, TrainingDataError
+from georaster_quant.errors import ConfigError, GeoRasterQuantWarning, TrainingDataError
 from georaster_quant.io import RasterReader, check_output_path
 from georaster_quant.normalize import BandNormalizer
 from georaster_quant.sampling import TileSet, sample_tiles, spatial_split
@@ -56,8 +57,10 @@ class TrainConfig:
 
     arch: str = DEFAULT_ARCH
     tile_size: int = 64
-    sample_stride: int = 32
-    label_footprint: int = 32
+    #: Spacing of training tiles; None: half the tile size.
+    sample_stride: int | None = None
+    #: Side of the central square whose majority label a tile gets; None: half the tile size.
+    label_footprint: int | None = None
     epochs: int = 30
     batch_size: int = 64
     lr: float = 2e-3
@@ -72,16 +75,31 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
 
+    def __post_init__(self) -> None:
+        half = max(self.tile_size // 2, 1)
+        if self.sample_stride is None:
+            self.sample_stride = half
+        if self.label_footprint is None:
+            self.label_footprint = half
+
     def check(self) -> None:
-        """Reject inconsistent settings before any work starts."""
-        if self.tile_size < 8:
-            raise ConfigError(f"tile size must be at least 8, got {self.tile_size}")
-        if not 1 <= self.sample_stride <= self.tile_size:
-            raise ConfigError("sample stride must be between 1 and the tile size")
-        if not 1 <= self.label_footprint <= self.tile_size:
-            raise ConfigError("label footprint must be between 1 and the tile size")
-        if self.split_block < self.tile_size:
-            raise ConfigError("split block must be at least the tile size")
+        """Reject inconsistent settings before any work starts (naming the CLI's options)."""
+        tile = self.tile_size
+        if tile < 8:
+            raise ConfigError(f"tile size (--tile-size) must be at least 8, got {tile}")
+        for name, value in (
+            ("sample stride (--sample-stride)", self.sample_stride),
+            ("label footprint (--label-footprint)", self.label_footprint),
+        ):
+            if not 1 <= value <= tile:  # type: ignore[operator]
+                raise ConfigError(
+                    f"{name} must be between 1 and the tile size ({tile}), got {value}"
+                )
+        if self.split_block < tile:
+            raise ConfigError(
+                f"split block (--split-block) must be at least the tile size ({tile}), "
+                f"got {self.split_block}"
+            )
         if not 0 < self.val_fraction < 1:
             raise ConfigError("validation fraction must be between 0 and 1")
         if self.epochs < 1 or self.batch_size < 2:
@@ -234,6 +252,14 @@ def train(
         raise TrainingDataError(
             f"{labels}: only {len(train_set)} training tiles; need at least a batch "
             f"({cfg.batch_size}); use a larger raster, a smaller --sample-stride or --batch-size"
+        )
+    present = np.unique(tiles.labels)
+    if len(present) == 1:
+        warnings.warn(
+            f"{lab.info.path}: every sampled tile has the label {names[int(present[0])]!r}, "
+            f"so the model can learn only that class of {len(names)}",
+            GeoRasterQuantWarning,
+            stacklevel=2,
         )
 
     normalizer = BandNormalizer(cfg.normalization, seed=cfg.seed)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import torch
 from synth_helpers import SMALL_TRAIN, make_scene, read, write_labels_like
 
@@ -245,6 +247,38 @@ def test_inconsistent_settings_are_refused_before_work(small_scene, tmp_path, ch
     with pytest.raises(errors.ConfigError):
         train(*small_scene, tmp_path / "m", TrainConfig(**changes), progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("tile", [8, 16, 24, 64])
+def test_sampling_defaults_follow_the_tile_size(tile: int) -> None:
+    cfg = TrainConfig(tile_size=tile)
+    assert cfg.sample_stride == cfg.label_footprint == tile // 2
+    cfg.check()  # small tiles used to fail: the defaults were 32 whatever the tile size
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        (dict(tile_size=16, sample_stride=20), "--sample-stride"),
+        (dict(tile_size=16, label_footprint=17), "--label-footprint"),
+        (dict(tile_size=64, split_block=32), "--split-block"),
+        (dict(tile_size=4), "--tile-size"),
+    ],
+)
+def test_setting_errors_name_the_option(changes: dict, needle: str) -> None:
+    with pytest.raises(errors.ConfigError, match=needle):
+        TrainConfig(**changes).check()
+
+
+def test_labels_of_a_single_class_are_a_warning(small_scene, tmp_path: Path) -> None:
+    image, labels = small_scene
+    one = tmp_path / "one_class.tif"
+    shutil.copy(labels, one)
+    with rasterio.open(one, "r+") as dst:
+        dst.write(np.full((dst.height, dst.width), 2, np.uint8), 1)
+    cfg = TrainConfig(epochs=1, split_block=128, max_tiles=300)
+    with pytest.warns(errors.GeoRasterQuantWarning, match="only that class of"):
+        train(image, one, tmp_path / "m", cfg, progress=False)
 
 
 def test_unknown_architecture_is_refused(small_scene, tmp_path: Path) -> None:

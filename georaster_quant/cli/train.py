@@ -48,15 +48,15 @@ _D = TrainConfig()
 @click.option(
     "--sample-stride",
     type=click.IntRange(min=1),
-    default=_D.sample_stride,
-    show_default=True,
+    default=None,
+    show_default="half the tile size",
     help="Spacing of training tiles in pixels.",
 )
 @click.option(
     "--label-footprint",
     type=click.IntRange(min=1),
-    default=_D.label_footprint,
-    show_default=True,
+    default=None,
+    show_default="half the tile size",
     help="A tile's label is the majority of this central square.",
 )
 @click.option(
