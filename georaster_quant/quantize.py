@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -52,10 +53,16 @@ def _has_avx512_vnni() -> bool:
     return bool(check is not None and check())
 
 
+#: Environment variable that forces the INT8 kernels (e.g. ``fbgemm``) for every loaded model.
+ENGINE_VARIABLE = "GEORASTER_QUANT_INT8_ENGINE"
+
+
 def kernel_engine(quant_type: str, calibrated: str, requested: str | None = None) -> str:
     """The engine whose kernels a saved model runs on here; its weights are packed for it.
 
-    ``requested`` overrides the choice (an engine torch offers here, or a ConfigError).
+    ``requested``, else the ``GEORASTER_QUANT_INT8_ENGINE`` environment variable (which reaches
+    the CLI and dask workers too), overrides the choice: an engine torch offers here, or a
+    ConfigError.
 
     On CPUs with AVX-512 VNNI (AMX included), oneDNN ran the static INT8 models 1.6-2.0x
     faster than fbgemm, the engine they are calibrated for (docs/quantization.md). An fbgemm
@@ -64,10 +71,13 @@ def kernel_engine(quant_type: str, calibrated: str, requested: str | None = None
     the calibration engine stays.
     """
     have = torch.backends.quantized.supported_engines
+    source = "engine "
+    if requested is None and os.environ.get(ENGINE_VARIABLE):
+        requested, source = os.environ[ENGINE_VARIABLE], f"{ENGINE_VARIABLE}="
     if requested is not None:
         if requested not in have:
             raise ConfigError(
-                f"engine {requested!r} is not available in this torch build on this CPU "
+                f"{source}{requested!r} is not available in this torch build on this CPU "
                 f"(available: {', '.join(e for e in have if e != 'none')})"
             )
         return requested

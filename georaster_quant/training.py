@@ -9,6 +9,7 @@ by class, and trained with AdamW and early stopping on validation accuracy.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import time
@@ -75,12 +76,16 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
 
-    def __post_init__(self) -> None:
+    def resolved(self) -> TrainConfig:
+        """A copy with the tile-size-relative defaults filled in, checked."""
         half = max(self.tile_size // 2, 1)
-        if self.sample_stride is None:
-            self.sample_stride = half
-        if self.label_footprint is None:
-            self.label_footprint = half
+        cfg = dataclasses.replace(
+            self,
+            sample_stride=half if self.sample_stride is None else self.sample_stride,
+            label_footprint=half if self.label_footprint is None else self.label_footprint,
+        )
+        cfg.check()
+        return cfg
 
     def check(self) -> None:
         """Reject inconsistent settings before any work starts (naming the CLI's options)."""
@@ -91,7 +96,7 @@ class TrainConfig:
             ("sample stride (--sample-stride)", self.sample_stride),
             ("label footprint (--label-footprint)", self.label_footprint),
         ):
-            if not 1 <= value <= tile:  # type: ignore[operator]
+            if value is not None and not 1 <= value <= tile:
                 raise ConfigError(
                     f"{name} must be between 1 and the tile size ({tile}), got {value}"
                 )
@@ -204,8 +209,7 @@ def train(
     from georaster_quant.model import GeoRasterCNN, resolve_arch
     from georaster_quant.progress import progress_bar
 
-    cfg = config or TrainConfig()
-    cfg.check()
+    cfg = (config or TrainConfig()).resolved()
     spec = resolve_arch(cfg.arch)
     out = check_output_path(output, overwrite=overwrite, folder=True, marker=META_FILE)
     t0 = time.perf_counter()

@@ -435,6 +435,15 @@ def test_rebuild_and_load_state_round_trip(
 ONEDNN = "onednn" in torch.backends.quantized.supported_engines
 
 
+def onednn_convolutions(capfd, module: torch.nn.Module, tiles: np.ndarray) -> int:
+    """How many convolutions oneDNN executed while ``module`` ran (from its verbose log)."""
+    capfd.readouterr()
+    with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+        q.run(module, tiles[:2])
+    log = capfd.readouterr().out.splitlines()
+    return sum("exec" in line and "convolution" in line for line in log)
+
+
 @pytest.mark.parametrize("vnni", [True, False])
 def test_kernel_engine_follows_the_cpu(monkeypatch, vnni: bool) -> None:
     monkeypatch.setattr(q, "_has_avx512_vnni", lambda: vnni)
@@ -447,6 +456,16 @@ def test_kernel_engine_follows_the_cpu(monkeypatch, vnni: bool) -> None:
     assert q.kernel_engine("per_channel_int8", "fbgemm", requested="fbgemm") == "fbgemm"
 
 
+def test_environment_variable_forces_the_kernels(monkeypatch) -> None:
+    monkeypatch.setattr(q, "_has_avx512_vnni", lambda: True)
+    monkeypatch.setenv(q.ENGINE_VARIABLE, "fbgemm")
+    assert q.kernel_engine("per_channel_int8", "fbgemm") == "fbgemm"
+    assert q.kernel_engine("per_channel_int8", "fbgemm", requested="qnnpack") == "qnnpack"
+    monkeypatch.setenv(q.ENGINE_VARIABLE, "tensorrt")
+    with pytest.raises(ConfigError, match=f"{q.ENGINE_VARIABLE}='tensorrt' is not available"):
+        q.kernel_engine("static_int8", "fbgemm")
+
+
 def test_requested_kernels_must_be_available() -> None:
     with pytest.raises(ConfigError) as info:
         q.kernel_engine("static_int8", "fbgemm", requested="tensorrt")
@@ -457,7 +476,9 @@ def test_requested_kernels_must_be_available() -> None:
 
 @pytest.mark.skipif(not ONEDNN, reason="this torch build has no oneDNN quantized engine")
 @pytest.mark.parametrize("quant_type", ["static_int8", "per_channel_int8", "qat_int8"])
-def test_onednn_kernels_give_the_fbgemm_decisions(fp32, quantized, eval_tiles, quant_type) -> None:
+def test_onednn_kernels_give_the_fbgemm_decisions(
+    capfd, fp32, quantized, eval_tiles, quant_type
+) -> None:
     res = quantized(quant_type)
     state = res.module.state_dict()
     decisions = {}
@@ -465,18 +486,22 @@ def test_onednn_kernels_give_the_fbgemm_decisions(fp32, quantized, eval_tiles, q
         module = q.load_state(
             q.rebuild(build_fp32_model(fp32.meta), res.config, res.details), state, engine
         )
-        assert torch.backends.quantized.engine == engine  # the weights were packed for it
+        ran = onednn_convolutions(capfd, module, eval_tiles)
+        assert (ran == 3) if engine == "onednn" else (ran == 0), (engine, ran)
         decisions[engine] = q.run(module, eval_tiles).argmax(1)
     share = (decisions["fbgemm"] == decisions["onednn"]).float().mean().item()
     assert share >= 0.99, f"oneDNN and fbgemm kernels agree on only {share:.1%} of tiles"
 
 
-def test_bundle_loads_on_the_chosen_kernels(int8_bundle: Path, eval_tiles) -> None:
+def test_bundle_loads_on_the_chosen_kernels(capfd, int8_bundle: Path, eval_tiles) -> None:
     default = Bundle(int8_bundle)
     quant = default.meta.quantization
     assert default.engine == q.kernel_engine(quant.type, quant.engine)
     fbgemm = Bundle(int8_bundle, engine="fbgemm")
     assert fbgemm.engine == "fbgemm"
+    assert onednn_convolutions(capfd, fbgemm.model, eval_tiles) == 0
+    if default.engine == "onednn":  # the three convolutions run on oneDNN's kernels
+        assert onednn_convolutions(capfd, default.model, eval_tiles) == 3
     a, b = (q.run(x.model, eval_tiles).argmax(1) for x in (default, fbgemm))
     assert (a == b).float().mean().item() >= 0.99
     with pytest.raises(ConfigError, match="not available"):

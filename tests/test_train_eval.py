@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -251,9 +252,19 @@ def test_inconsistent_settings_are_refused_before_work(small_scene, tmp_path, ch
 
 @pytest.mark.parametrize("tile", [8, 16, 24, 64])
 def test_sampling_defaults_follow_the_tile_size(tile: int) -> None:
-    cfg = TrainConfig(tile_size=tile)
-    assert cfg.sample_stride == cfg.label_footprint == tile // 2
-    cfg.check()  # small tiles used to fail: the defaults were 32 whatever the tile size
+    # small tiles used to fail: the defaults were 32 whatever the tile size
+    for cfg in (TrainConfig(tile_size=tile), dataclasses.replace(TrainConfig(), tile_size=tile)):
+        done = cfg.resolved()
+        assert done.sample_stride == done.label_footprint == tile // 2
+    assert TrainConfig(tile_size=tile, sample_stride=3).resolved().sample_stride == 3
+
+
+def test_trains_on_tiles_smaller_than_the_old_default_stride(small_scene, tmp_path) -> None:
+    cfg = TrainConfig(tile_size=16, epochs=1, split_block=128, max_tiles=300)
+    result = train(*small_scene, tmp_path / "m", cfg, progress=False)
+    meta = read_meta(result.bundle)
+    assert meta.input.tile_size == 16 and meta.input.label_footprint == 8
+    assert meta.training["config"]["sample_stride"] == 8
 
 
 @pytest.mark.parametrize(
