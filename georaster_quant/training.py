@@ -139,6 +139,17 @@ def _batch(tiles: TileSet, idx: np.ndarray, fill: np.ndarray) -> Any:
     return torch.from_numpy(tiles.filled(fill, idx))
 
 
+def _channels_last(x: Any) -> Any:
+    """A batch in channels-last memory.
+
+    With the model in that layout too, oneDNN's convolutions train this network 17-30 %
+    faster than in NCHW (docs/models.md).
+    """
+    import torch
+
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 def run_epoch(
     model: Any,
     opt: Any,
@@ -172,7 +183,7 @@ def run_epoch(
             x[sel] = _dihedral(x[sel], int(k))
         y = torch.from_numpy(tiles.labels[idx])
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
+        loss = loss_fn(model(_channels_last(x)), y)
         loss.backward()
         opt.step()
         if sched is not None:
@@ -189,7 +200,7 @@ def _accuracy(model: Any, tiles: TileSet, fill: np.ndarray, batch: int = 256) ->
     with torch.no_grad():
         for start in range(0, len(tiles), batch):
             idx = np.arange(start, min(start + batch, len(tiles)))
-            pred = model(_batch(tiles, idx, fill)).argmax(1).numpy()
+            pred = model(_channels_last(_batch(tiles, idx, fill))).argmax(1).numpy()
             correct += int((pred == tiles.labels[idx]).sum())
     return correct / max(len(tiles), 1)
 
@@ -282,6 +293,7 @@ def train(
         scale=norm["scale"],
         clip=norm["clip"],
     )
+    model = model.to(memory_format=torch.channels_last)  # see _channels_last
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = math.ceil(len(train_set) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -303,7 +315,7 @@ def train(
                 break
     bar.close()
     model.load_state_dict(best_state)  # type: ignore[arg-type]
-    model.eval()
+    model = model.to(memory_format=torch.contiguous_format).eval()  # saved weights: plain layout
 
     meta = BundleMeta(
         schema_version=1,

@@ -265,6 +265,9 @@ def test_trains_on_tiles_smaller_than_the_old_default_stride(small_scene, tmp_pa
     meta = read_meta(result.bundle)
     assert meta.input.tile_size == 16 and meta.input.label_footprint == 8
     assert meta.training["config"]["sample_stride"] == 8
+    # trained in channels-last memory, saved in the plain layout
+    state = torch.load(result.bundle / meta.weights_info.file, weights_only=True)
+    assert all(v.is_contiguous() for v in state.values())
 
 
 @pytest.mark.parametrize(
