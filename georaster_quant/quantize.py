@@ -61,8 +61,8 @@ def kernel_engine(quant_type: str, calibrated: str, requested: str | None = None
     """The engine whose kernels a saved model runs on here; its weights are packed for it.
 
     ``requested``, else the ``GEORASTER_QUANT_INT8_ENGINE`` environment variable (which reaches
-    the CLI and dask workers too), overrides the choice: an engine torch offers here, or a
-    ConfigError.
+    the CLI and local dask workers too), overrides the choice: an engine torch offers here, or
+    a ConfigError.
 
     On CPUs with AVX-512 VNNI (AMX included), oneDNN ran the static INT8 models 1.6-2.0x
     faster than fbgemm, the engine they are calibrated for (docs/quantization.md). An fbgemm
