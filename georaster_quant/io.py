@@ -12,7 +12,7 @@ import contextlib
 import math
 import os
 import tempfile
-import time
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,6 +174,9 @@ class RasterReader:
         self._stack = contextlib.ExitStack()
         self._stack.enter_context(rasterio.Env(**gdal_env()))
         self._name = os.fspath(path)
+        #: Set by a consumer that gives up (a failed or interrupted run): a read waiting to be
+        #: retried then fails at once instead of sleeping out its backoff.
+        self.cancel = threading.Event()
         try:
             self._ds = self._stack.enter_context(_open(path))
         except BaseException:
@@ -244,12 +247,16 @@ class RasterReader:
                         raw, mask = self._read_from(fresh, rio_window, out)
                 break
             except (RasterioError, RasterInputError) as exc:
+                reason = _gdal_message(exc) if isinstance(exc, RasterioError) else exc
                 if attempt == retries:
-                    reason = _gdal_message(exc) if isinstance(exc, RasterioError) else exc
                     raise RasterInputError(
                         f"{info.path}: read failed at {inside} ({reason})"
                     ) from exc
-                time.sleep(delay * 2**attempt)
+                if self.cancel.wait(delay * 2**attempt):
+                    raise RasterInputError(
+                        f"{info.path}: read failed at {inside} ({reason}); not retried, the "
+                        "run was stopped"
+                    ) from exc
         return raw, validity(raw, info.nodata, mask, valid_out)
 
     def _read_from(

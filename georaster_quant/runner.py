@@ -283,7 +283,7 @@ class LocalInference:
         if cells is None:
             cells = CellRows(grid.shape[1], len(self.meta.classes), opts.probabilities)
         q: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
-        stop = threading.Event()
+        stop = reader.cancel = threading.Event()  # stopping also ends a read's retry wait
         thread = threading.Thread(
             target=_reader_thread,
             args=(reader, grid, fill, opts, rows, skip, q, stop),

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from rasterio.errors import RasterioError
 
 from georaster_quant import errors
+from georaster_quant import io as gio
 from georaster_quant.io import (
     RasterReader,
     atomic_path,
@@ -533,3 +537,20 @@ def test_all_nodata_every_pixel_invalid_and_bands_by_name(shared_data: Path) -> 
     assert select_bands(info, ["RED", "Green", "Blue", "NIR"]) == [3, 2, 1, 4]
     with pytest.raises(errors.BandMismatchError):
         select_bands(info, ["b1", "b2", "b3"])
+
+
+def test_a_stopped_run_does_not_sleep_out_a_retry(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "remote_like.tif"
+    _write(path, ramp(2, 64, 64).astype(np.uint8))
+    monkeypatch.setattr(gio, "read_retries", lambda _path: (3, 30.0))  # as for an HTTP input
+
+    def unavailable(*_args: object) -> None:
+        raise RasterioError("HTTP response code: 503")
+
+    with RasterReader(path) as reader:
+        monkeypatch.setattr(reader, "_read_from", unavailable)
+        threading.Timer(0.2, reader.cancel.set).start()  # the run stops meanwhile
+        start = time.monotonic()
+        with pytest.raises(errors.RasterInputError, match="not retried, the run was stopped"):
+            reader.read_raw(Window(0, 0, 8, 8))
+    assert time.monotonic() - start < 10  # not the 30 s backoff

@@ -640,3 +640,45 @@ def test_bad_band_lists_are_usage_errors(capsys, trained_bundle, small_scene, tm
     )  # fmt: skip
     assert code == 2 and "--bands" in err and repr(bands) in err, err
     assert not out.exists()
+
+
+def test_a_failed_run_ends_a_pending_read_retry_at_once(
+    monkeypatch, small_scene, trained_bundle, tmp_path: Path
+) -> None:
+    """The model fails while the reader waits out a retry backoff: the run ends at once.
+
+    A batch of 32 tiles is the first block row (4 rows of 8 tiles); the reader then reads the
+    second block row while the model works on it.
+    """
+    import time
+
+    from rasterio.errors import RasterioError
+
+    from georaster_quant import io as gio
+
+    monkeypatch.setattr(gio, "read_retries", lambda _path: (3, 30.0))  # as for an HTTP input
+    real, calls = gio.RasterReader._read_from, []
+
+    def second_block_row_fails(self, ds, window, out):
+        calls.append(window)
+        if len(calls) > 1:
+            raise RasterioError("HTTP response code: 503")
+        return real(self, ds, window, out)
+
+    monkeypatch.setattr(gio.RasterReader, "_read_from", second_block_row_fails)
+    backend = open_backend(trained_bundle)
+
+    class FailingModel:  # the real model's contract, failing on its first batch
+        name, meta, size_bytes = backend.name, backend.meta, backend.size_bytes
+
+        def __call__(self, batch: np.ndarray) -> np.ndarray:
+            time.sleep(0.3)  # the reader reaches the failing read meanwhile
+            raise RuntimeError("the model failed")
+
+    out = tmp_path / "map.tif"
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="the model failed"):
+        predict_raster(FailingModel(), small_scene[0], out, PredictOptions(batch_size=32))
+    assert len(calls) >= 2  # the reader did wait to retry
+    assert time.monotonic() - start < 10  # and did not sleep out the 30 s backoff
+    assert not out.exists()
