@@ -12,6 +12,7 @@ mode overviews) built beside the output and moved into place at the end, with a 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -283,24 +284,38 @@ class LocalInference:
         if cells is None:
             cells = CellRows(grid.shape[1], len(self.meta.classes), opts.probabilities)
         q: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
-        stop = reader.cancel = threading.Event()  # stopping also ends a read's retry wait
-        thread = threading.Thread(
-            target=_reader_thread,
-            args=(reader, grid, fill, opts, rows, skip, q, stop),
-            daemon=True,
-        )
-        thread.start()
-        try:
-            while (item := q.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                decided = cells.decide(item, self.backend(item.data))
-                if log is not None:
-                    log(item.rows, item.cols, decided)
-                for row in cells.file(item.rows, item.cols, decided):
-                    yield row, cells.pop(row)
-        finally:
-            _stop_reader(thread, q, stop)
+        stop = threading.Event()
+        with _retry_waits_end_on(reader, stop):
+            thread = threading.Thread(
+                target=_reader_thread,
+                args=(reader, grid, fill, opts, rows, skip, q, stop),
+                daemon=True,
+            )
+            thread.start()
+            try:
+                while (item := q.get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise item
+                    decided = cells.decide(item, self.backend(item.data))
+                    if log is not None:
+                        log(item.rows, item.cols, decided)
+                    for row in cells.file(item.rows, item.cols, decided):
+                        yield row, cells.pop(row)
+            finally:
+                _stop_reader(thread, q, stop)
+
+
+@contextlib.contextmanager
+def _retry_waits_end_on(reader: Any, stop: threading.Event) -> Iterator[None]:
+    """Meanwhile, ``stop`` also ends a read's retry wait (readers that retry have ``cancel``)."""
+    if not hasattr(reader, "cancel"):
+        yield
+        return
+    previous, reader.cancel = reader.cancel, stop
+    try:
+        yield
+    finally:
+        reader.cancel = previous
 
 
 def _reader_thread(

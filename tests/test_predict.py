@@ -682,3 +682,20 @@ def test_a_failed_run_ends_a_pending_read_retry_at_once(
     assert len(calls) >= 2  # the reader did wait to retry
     assert time.monotonic() - start < 10  # and did not sleep out the 30 s backoff
     assert not out.exists()
+
+
+def test_a_reader_retries_again_after_a_run(small_scene, trained_bundle) -> None:
+    """A run's stop event ends retry waits only while it lasts: a reader used afterwards
+    (a library user's own reader) retries as before."""
+    from georaster_quant.contract import open_input
+    from georaster_quant.runner import LocalInference
+
+    backend = open_backend(trained_bundle)
+    with open_input(small_scene[0], backend.meta, None) as reader:
+        own = reader.cancel
+        grid = backend.meta.input.grid(reader.info.height, reader.info.width, None)
+        rows = list(
+            LocalInference(backend).rows(small_scene[0], reader, grid, [0, 1], PredictOptions())
+        )
+        assert [r for r, _ in rows] == [0, 1]
+        assert reader.cancel is own and not own.is_set()
