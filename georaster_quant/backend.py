@@ -43,15 +43,24 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _torch_batch(torch: Any, batch: np.ndarray, quant_type: str) -> Any:
+def _fp32_convolutions(meta: BundleMeta) -> bool:
+    """Whether the model's convolutions compute in FP32 (FP32, dynamic INT8, FP16 stored)."""
+    q = meta.quantization
+    return q.type in ("fp32", "dynamic_int8") or (
+        q.type == "fp16" and q.details.get("compute_dtype") == "fp32"
+    )
+
+
+def _torch_batch(torch: Any, batch: np.ndarray, channels_last: bool) -> Any:
     """A raw batch as the tensor a torch model runs fastest on.
 
-    FP32 models get it in channels-last memory: oneDNN's FP32 convolutions then ran this
-    network about 28 % faster at batch 32 (eager and TorchScript, docs/export.md), while INT8
-    kernels ran 6-10 % slower, so quantized models keep NCHW.
+    Models with FP32 convolutions get it in channels-last memory: oneDNN then ran this
+    network about 28 % faster at batch 32 in FP32 (eager and TorchScript; 23 % for FP16
+    weights computed in FP32, 14 % for dynamic INT8; docs/export.md), while static INT8
+    kernels ran 6-10 % slower, so those models keep NCHW.
     """
     x = torch.from_numpy(np.ascontiguousarray(batch, np.float32))
-    return x.contiguous(memory_format=torch.channels_last) if quant_type == "fp32" else x
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 class TorchBackend:
@@ -66,6 +75,7 @@ class TorchBackend:
         self.bundle = bundle
         self.meta = bundle.meta
         self.size_bytes = bundle.size_bytes
+        self._channels_last = _fp32_convolutions(self.meta)
         torch.set_num_threads(threads or available_cores())
         self._quiet: Any = contextlib.nullcontext
         if self.meta.quant_type != "fp32":  # quantized kernels warn that they are deprecated
@@ -77,7 +87,7 @@ class TorchBackend:
         """Softmax probabilities of the bundle's model."""
         torch = self._torch
         with self._quiet(), torch.inference_mode():
-            logits = self.bundle.model(_torch_batch(torch, batch, self.meta.quant_type))
+            logits = self.bundle.model(_torch_batch(torch, batch, self._channels_last))
             return softmax(logits.float().numpy())
 
 
@@ -119,6 +129,7 @@ class TorchScriptBackend:
         self._quiet = quiet  # torch.jit and quantized kernels warn that they are deprecated
         self.meta = read_exported_meta(path)
         self.size_bytes = Path(path).stat().st_size
+        self._channels_last = _fp32_convolutions(self.meta)
         torch.set_num_threads(threads or available_cores())
         if self.meta.quant_type not in ("fp32", "fp16"):  # INT8 weights repack as they load
             engine = self.meta.quantization.engine or "fbgemm"
@@ -134,7 +145,7 @@ class TorchScriptBackend:
         """Softmax probabilities of the scripted model."""
         torch = self._torch
         with self._quiet(), torch.inference_mode():
-            logits = self.module(_torch_batch(torch, batch, self.meta.quant_type))
+            logits = self.module(_torch_batch(torch, batch, self._channels_last))
             return softmax(logits.float().numpy())
 
 

@@ -99,12 +99,35 @@ def test_torch_backends_feed_fp32_models_channels_last(
     from georaster_quant import backend as gb
 
     bundle = Bundle(trained_bundle if kind == "fp32" else int8_bundle)
-    x = gb._torch_batch(torch, raw_tiles[:4], bundle.meta.quant_type)
+    backend = gb.TorchBackend(bundle)
+    x = gb._torch_batch(torch, raw_tiles[:4], backend._channels_last)
     assert x.is_contiguous(memory_format=torch.channels_last) == (kind == "fp32")
     # the layout changes the speed, not the decisions: same as the plain NCHW batch
     with torch.inference_mode():
         plain = bundle.model(torch.from_numpy(raw_tiles)).argmax(1).numpy()
-    assert (gb.TorchBackend(bundle)(raw_tiles).argmax(1) == plain).mean() >= 0.999
+    assert (backend(raw_tiles).argmax(1) == plain).mean() >= 0.999
+
+
+@pytest.mark.parametrize(
+    ("quant_type", "details", "fp32_convs"),
+    [
+        ("fp32", {}, True),
+        ("dynamic_int8", {}, True),  # only the head is INT8
+        ("fp16", {"compute_dtype": "fp32"}, True),
+        ("fp16", {"compute_dtype": "fp16"}, False),
+        ("per_channel_int8", {}, False),
+        ("qat_int8", {}, False),
+    ],
+)
+def test_which_models_get_channels_last_batches(
+    trained_bundle, quant_type, details, fp32_convs
+) -> None:
+    from georaster_quant import backend as gb
+    from georaster_quant.bundle import read_meta
+
+    meta = read_meta(trained_bundle)
+    q = meta.quantization.model_copy(update={"type": quant_type, "details": details})
+    assert gb._fp32_convolutions(meta.model_copy(update={"quantization": q})) == fp32_convs
 
 
 def _clean_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
