@@ -44,7 +44,10 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def _fp32_convolutions(meta: BundleMeta) -> bool:
-    """Whether the model's convolutions compute in FP32 (FP32, dynamic INT8, FP16 stored)."""
+    """Whether the model's convolutions compute in FP32.
+
+    True for FP32, dynamic INT8 (only its head is INT8) and FP16 weights computed in FP32.
+    """
     q = meta.quantization
     return q.type in ("fp32", "dynamic_int8") or (
         q.type == "fp16" and q.details.get("compute_dtype") == "fp32"

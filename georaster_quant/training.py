@@ -9,12 +9,11 @@ by class, and trained with AdamW and early stopping on validation accuracy.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +78,7 @@ class TrainConfig:
     def resolved(self) -> TrainConfig:
         """A copy with the tile-size-relative defaults filled in, checked."""
         half = max(self.tile_size // 2, 1)
-        cfg = dataclasses.replace(
+        cfg = replace(
             self,
             sample_stride=half if self.sample_stride is None else self.sample_stride,
             label_footprint=half if self.label_footprint is None else self.label_footprint,
