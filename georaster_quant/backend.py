@@ -134,9 +134,9 @@ class TorchScriptBackend:
         self.size_bytes = Path(path).stat().st_size
         self._channels_last = _fp32_convolutions(self.meta)
         torch.set_num_threads(threads or available_cores())
-        if self.meta.quant_type not in ("fp32", "fp16"):  # INT8 weights repack as they load
-            engine = self.meta.quantization.engine or "fbgemm"
-            torch.backends.quantized.engine = kernel_engine(self.meta.quant_type, engine)
+        engine = kernel_engine(self.meta.quant_type, self.meta.quantization.engine)
+        if engine is not None:  # INT8 weights repack for it as they load
+            torch.backends.quantized.engine = engine
         try:
             with quiet(), _native_stderr_muted():
                 self.module = torch.jit.load(os.fspath(path), map_location="cpu").eval()

@@ -331,15 +331,15 @@ class Bundle:
         """
         self.path = Path(path)
         self.meta = read_meta(self.path)
-        #: The quantized engine whose kernels run an INT8 model (None: no INT8 kernels).
-        self.engine: str | None = None
         state = load_state_dict(self.path, self.meta)
         model: Any = build_fp32_model(self.meta)
         q = self.meta.quantization
-        if q.type not in ("fp32", "fp16"):
+        #: The quantized engine whose kernels run an INT8 model (None: no INT8 kernels).
+        self.engine: str | None = None
+        if q.type != "fp32":
             from georaster_quant.quantize import kernel_engine
 
-            self.engine = kernel_engine(q.type, q.engine or "fbgemm", engine)
+            self.engine = kernel_engine(q.type, q.engine, engine)
         try:
             if q.type == "fp32":
                 model.load_state_dict(state, strict=True)

@@ -215,6 +215,7 @@ class RasterReader:
             has_mask=self._per_dataset_mask,
             scaled=self._scale is not None,
         )
+        self._retries = read_retries(self.info.path)
 
     def __enter__(self) -> RasterReader:
         return self
@@ -236,7 +237,7 @@ class RasterReader:
         """
         info = self.info
         rio_window = RioWindow(inside.col_off, inside.row_off, inside.width, inside.height)
-        retries, delay = read_retries(info.path)
+        retries, delay = self._retries
         for attempt in range(retries + 1):
             try:
                 if attempt == 0:

@@ -57,12 +57,15 @@ def _has_avx512_vnni() -> bool:
 ENGINE_VARIABLE = "GEORASTER_QUANT_INT8_ENGINE"
 
 
-def kernel_engine(quant_type: str, calibrated: str, requested: str | None = None) -> str:
+def kernel_engine(
+    quant_type: str, calibrated: str | None, requested: str | None = None
+) -> str | None:
     """The engine whose kernels a saved model runs on here; its weights are packed for it.
 
-    ``requested``, else the ``GEORASTER_QUANT_INT8_ENGINE`` environment variable (which reaches
-    the CLI and local dask workers too), overrides the choice: an engine torch offers here, or
-    a ConfigError.
+    None for FP32 and FP16 models, which have no quantized kernels. ``calibrated`` is the
+    engine the bundle records (fbgemm if none). ``requested``, else the
+    ``GEORASTER_QUANT_INT8_ENGINE`` environment variable (which reaches the CLI and local dask
+    workers too), overrides the choice: an engine torch offers here, or a ConfigError.
 
     On CPUs with AVX-512 VNNI (AMX included), oneDNN ran the static INT8 models 1.6-2.0x
     faster than fbgemm, the engine they are calibrated for (docs/quantization.md). An fbgemm
@@ -70,6 +73,9 @@ def kernel_engine(quant_type: str, calibrated: str, requested: str | None = None
     those models run there; elsewhere, and for dynamic INT8 (only its head is quantized),
     the calibration engine stays.
     """
+    if quant_type in ("fp32", "fp16"):
+        return None
+    calibrated = calibrated or "fbgemm"
     have = torch.backends.quantized.supported_engines
     source = "engine "
     if requested is None and os.environ.get(ENGINE_VARIABLE):
