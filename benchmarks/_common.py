@@ -12,31 +12,42 @@ import torch
 from georaster_quant.quantize import quiet
 
 
+def in_layout(batch, channels_last):
+    """``batch`` as ``predict`` hands it to a backend: band-interleaved if the backend asks."""
+    if not channels_last:
+        return batch
+    return np.moveaxis(np.ascontiguousarray(np.moveaxis(batch, 1, -1)), -1, 1)
+
+
 def timings(runners, batch, repeats, block=5):
     """Median ms per call of each runner, alternating A, B, C ... in blocks.
 
-    Runners alternate in rounds; within a round each runs one untimed call (its threads wake
-    up and the previous runtime's threads go idle) and then ``block`` timed calls, so torch's
-    OpenMP threads and ONNX Runtime's pool do not time each other's idle spinning.
+    Each runner gets ``batch`` in the memory layout ``predict`` reads for it (its
+    ``channels_last``; converted before timing). Runners alternate in rounds; within a round
+    each runs one untimed call (its threads wake up and the previous runtime's threads go
+    idle) and then ``block`` timed calls, so torch's OpenMP threads and ONNX Runtime's pool do
+    not time each other's idle spinning.
     """
+    batches = {k: in_layout(batch, getattr(f, "channels_last", False)) for k, f in runners.items()}
     times = {k: [] for k in runners}
     for _ in range(max(1, repeats // block)):
         for k, fn in runners.items():
-            fn(batch)
+            fn(batches[k])
             for _ in range(block):
                 t0 = time.perf_counter()
-                fn(batch)
+                fn(batches[k])
                 times[k].append(time.perf_counter() - t0)
     return {k: float(np.median(v)) * 1000 for k, v in times.items()}
 
 
-def torch_runner(module):
-    """Call a (possibly quantized) module on a numpy batch."""
+def torch_runner(module, channels_last=False):
+    """Call a (possibly quantized) module on a numpy batch (band-interleaved if asked)."""
 
     def fn(batch):
         with quiet(), torch.inference_mode():
             return module(torch.from_numpy(batch))
 
+    fn.channels_last = channels_last
     return fn
 
 

@@ -3,7 +3,9 @@
 Trains (or reuses) the default model on a 2048² synthetic scene, quantizes it every way,
 scores every bundle on all 16×16 cells of a 1536² scene it never saw, and times eager FP32,
 ONNX Runtime FP32 (the fastest FP32 path here) and each quantized bundle alternately in one
-process at batch 1 and 32 with 1 and 2 threads. Prints Markdown tables and writes JSON.
+process at batch 1 and 32 with 1 and 2 threads. Eager torch runs as ``predict`` runs it (the
+torch backend, handed the channels-last batches it asks for; ONNX Runtime gets NCHW ones).
+Prints Markdown tables and writes JSON.
 
     python benchmarks/quantization.py [--out benchmarks/results] [--repeats 20]
 """
@@ -19,9 +21,11 @@ import torch
 from _common import ort_runner, timings, torch_runner
 
 from georaster_quant.arch import DEFAULT_ARCH
+from georaster_quant.backend import TorchBackend
 from georaster_quant.bundle import Bundle
 from georaster_quant.calibration import choose_calibration_tiles
 from georaster_quant.evaluation import evaluate
+from georaster_quant.export import traced
 from georaster_quant.quantized_bundle import QuantizeOptions, quantize_bundle
 from georaster_quant.synth import SceneSpec, generate_scene
 from georaster_quant.training import TrainConfig, train
@@ -108,15 +112,19 @@ def main() -> None:
     calib = choose_calibration_tiles([scene], loaded["fp32"].meta, 32).tiles
     latency = {}
     for threads in (1, 2):
-        torch.set_num_threads(threads)
+        # Eager torch as predict runs it (TorchBackend: the inference form of each model, and
+        # the batch layout it asks for), against ONNX Runtime FP32 on NCHW batches.
         runners = {
-            "fp32_eager": torch_runner(loaded["fp32"].model),
+            "fp32_eager": TorchBackend(loaded["fp32"], threads),
             "fp32_onnxruntime": ort_runner(loaded["fp32"].model, threads),
         }
         for qt in QUANT_TYPES:
-            runners[qt] = torch_runner(loaded[qt].model)
+            runners[qt] = TorchBackend(loaded[qt], threads)
         for qt in FBGEMM_ROWS:  # the kernels they were calibrated for (see kernel_engine)
-            runners[f"{qt}_fbgemm"] = torch_runner(Bundle(bundles[qt], engine="fbgemm").model)
+            runners[f"{qt}_fbgemm"] = TorchBackend(Bundle(bundles[qt], engine="fbgemm"), threads)
+        # The same traced per-channel model handed NCHW batches: what the layout is worth.
+        per_channel = traced(loaded["per_channel_int8"].model, calib[:2])
+        runners["per_channel_int8_nchw"] = torch_runner(per_channel)
         for bs in (1, 32):
             latency[f"b{bs}_t{threads}"] = timings(
                 runners, np.ascontiguousarray(calib[:bs]), args.repeats
@@ -163,6 +171,7 @@ def main() -> None:
     for name, label in [
         ("fp32_onnxruntime", "fp32 (ONNX Runtime)"),
         *((f"{qt}_fbgemm", f"{qt} (fbgemm kernels)") for qt in FBGEMM_ROWS),
+        ("per_channel_int8_nchw", "per_channel_int8 (NCHW batches)"),
     ]:
         lat = {k: v[name] for k, v in latency.items()}
         print(

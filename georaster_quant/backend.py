@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from georaster_quant.bundle import Bundle, BundleMeta
+from georaster_quant.bundle import STATIC_TYPES, Bundle, BundleMeta
 from georaster_quant.errors import BundleError, ConfigError
 from georaster_quant.threads import available_cores
 
@@ -30,6 +30,9 @@ class Backend(Protocol):
     name: str
     meta: BundleMeta
     size_bytes: int
+    #: Whether batches band-interleaved in memory (channels-last) run fastest; the runner
+    #: then reads them so. Any layout gives the same result.
+    channels_last: bool
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities ``(N, K)`` for a raw batch ``(N, C, T, T)``."""
@@ -54,20 +57,35 @@ def _fp32_convolutions(meta: BundleMeta) -> bool:
     )
 
 
-def _torch_batch(torch: Any, batch: np.ndarray, channels_last: bool) -> Any:
-    """A raw batch as the tensor a torch model runs fastest on.
+def _channels_last(meta: BundleMeta) -> bool:
+    """Whether a torch model runs fastest on channels-last batches.
 
-    Models with FP32 convolutions get it in channels-last memory: oneDNN then ran this
-    network about 28 % faster at batch 32 in FP32 (eager and TorchScript; 23 % for FP16
-    weights computed in FP32, 14 % for dynamic INT8; docs/export.md), while static INT8
-    kernels ran 6-10 % slower, so those models keep NCHW.
+    Models with FP32 convolutions do (oneDNN ran this network about 28 % faster at batch 32
+    in FP32, docs/export.md), and so do static INT8 ones, whose fused input quantization
+    (:func:`~georaster_quant.quantize.inference_form`) then needs no transposing copy.
     """
-    x = torch.from_numpy(np.ascontiguousarray(batch, np.float32))
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    return _fp32_convolutions(meta) or meta.quant_type in STATIC_TYPES
+
+
+def _torch_batch(torch: Any, batch: np.ndarray, fp32_convolutions: bool) -> Any:
+    """A raw batch, in the layout it has, as a tensor; channels-last for FP32 convolutions.
+
+    Static INT8 models read either layout; their first step copies the batch anyway.
+    """
+    arr = np.asarray(batch, np.float32)
+    if min(arr.strides, default=0) < 0:  # torch cannot view reversed memory
+        arr = np.ascontiguousarray(arr)
+    x = torch.from_numpy(arr)
+    return x.contiguous(memory_format=torch.channels_last) if fp32_convolutions else x
+
+
+def batch_layout(backend: Backend) -> bool:
+    """``backend.channels_last``, False for backends that do not say."""
+    return bool(getattr(backend, "channels_last", False))
 
 
 class TorchBackend:
-    """Eager PyTorch on a loaded bundle (FP32, FP16 or INT8)."""
+    """PyTorch on a loaded bundle (FP32, FP16 or INT8): eager, static INT8 models traced."""
 
     name = "torch"
 
@@ -78,7 +96,18 @@ class TorchBackend:
         self.bundle = bundle
         self.meta = bundle.meta
         self.size_bytes = bundle.size_bytes
-        self._channels_last = _fp32_convolutions(self.meta)
+        self.model = bundle.model
+        if self.meta.quant_type in STATIC_TYPES:
+            # In the form inference runs, traced: TorchScript ran the per-channel INT8 model
+            # about 20 % faster than eager Python at batch 32 (docs/quantization.md), and
+            # tracing it takes some 40 ms.
+            from georaster_quant.export import traced
+
+            t = self.meta.input.tile_size
+            example = np.zeros((2, len(self.meta.input.bands), t, t), np.float32)
+            self.model = traced(bundle.model, example)
+        self.channels_last = _channels_last(self.meta)
+        self._fp32_convolutions = _fp32_convolutions(self.meta)
         torch.set_num_threads(threads or available_cores())
         self._quiet: Any = contextlib.nullcontext
         if self.meta.quant_type != "fp32":  # quantized kernels warn that they are deprecated
@@ -90,7 +119,7 @@ class TorchBackend:
         """Softmax probabilities of the bundle's model."""
         torch = self._torch
         with self._quiet(), torch.inference_mode():
-            logits = self.bundle.model(_torch_batch(torch, batch, self._channels_last))
+            logits = self.model(_torch_batch(torch, batch, self._fp32_convolutions))
             return softmax(logits.float().numpy())
 
 
@@ -132,7 +161,8 @@ class TorchScriptBackend:
         self._quiet = quiet  # torch.jit and quantized kernels warn that they are deprecated
         self.meta = read_exported_meta(path)
         self.size_bytes = Path(path).stat().st_size
-        self._channels_last = _fp32_convolutions(self.meta)
+        self.channels_last = _channels_last(self.meta)
+        self._fp32_convolutions = _fp32_convolutions(self.meta)
         torch.set_num_threads(threads or available_cores())
         engine = kernel_engine(self.meta.quant_type, self.meta.quantization.engine)
         if engine is not None:  # INT8 weights repack for it as they load
@@ -148,7 +178,7 @@ class TorchScriptBackend:
         """Softmax probabilities of the scripted model."""
         torch = self._torch
         with self._quiet(), torch.inference_mode():
-            logits = self.module(_torch_batch(torch, batch, self._channels_last))
+            logits = self.module(_torch_batch(torch, batch, self._fp32_convolutions))
             return softmax(logits.float().numpy())
 
 
@@ -156,6 +186,7 @@ class OnnxRuntimeBackend:
     """An ONNX file written by ``georaster-quant export``, on ONNX Runtime (no torch)."""
 
     name = "onnxruntime"
+    channels_last = False  # the exported graph's NCHW input
 
     def __init__(self, path: str | os.PathLike[str], threads: int | None = None):
         import onnxruntime as ort

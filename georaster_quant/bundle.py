@@ -31,6 +31,8 @@ BUNDLE_KIND = "georaster_quant.bundle"
 META_FILE = "bundle.json"
 WEIGHTS_FILE = "weights.pt"
 QUANT_TYPES = ("fp32", "fp16", "dynamic_int8", "static_int8", "per_channel_int8", "qat_int8")
+#: The types whose activations are INT8 too (calibrated, or trained for it).
+STATIC_TYPES = ("static_int8", "per_channel_int8", "qat_int8")
 #: Quantized engines and activation observers a bundle may record.
 ENGINES = ("fbgemm", "x86", "qnnpack")
 OBSERVERS = ("minmax", "moving_average", "histogram")

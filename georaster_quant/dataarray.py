@@ -114,9 +114,9 @@ class DataArrayReader:
             raw = out
         return raw, validity(raw, self.info.nodata, out=valid_out)
 
-    def to_physical(self, raw: np.ndarray) -> np.ndarray:
+    def to_physical(self, raw: np.ndarray, channels_last: bool = False) -> np.ndarray:
         """Raw values to float32 physical values (``scale_factor``/``add_offset`` applied)."""
-        return to_physical(raw, self.scale_offset)
+        return to_physical(raw, self.scale_offset, channels_last)
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Compute ``window`` as ``(data, valid)``; parts outside the array are mirrored."""

@@ -248,16 +248,32 @@ def _sample(bundle: Bundle, n: int = 16) -> np.ndarray:
     return center + scale * noise
 
 
+def traced(model: Any, example: np.ndarray) -> Any:
+    """``model`` in the form inference runs, traced to TorchScript on ``example`` (a batch).
+
+    A static INT8 model's input quantization is fused (:func:`~georaster_quant.quantize.
+    inference_form`); the trace records a reshape there, so it reads NCHW and channels-last
+    batches alike, of any batch size.
+    """
+    import torch
+
+    from georaster_quant.quantize import inference_form, quiet
+
+    with quiet(), torch.inference_mode():
+        return torch.jit.trace(inference_form(model), torch.from_numpy(example), check_trace=False)
+
+
 def _write_torchscript(bundle: Bundle, path: Path, values: dict[str, str], x: np.ndarray) -> None:
     import torch
 
     from georaster_quant.quantize import quiet
 
+    traced_model = traced(bundle.model, x[:2])
     with quiet(), torch.inference_mode():
-        traced = torch.jit.trace(bundle.model, torch.from_numpy(x[:2]), check_trace=False)
-        traced = torch.jit.freeze(traced) if bundle.meta.quant_type == "fp32" else traced
+        if bundle.meta.quant_type == "fp32":
+            traced_model = torch.jit.freeze(traced_model)
         torch.jit.save(
-            traced,
+            traced_model,
             os.fspath(path),
             _extra_files={
                 TORCHSCRIPT_META_FILE: values[META_KEY],

@@ -153,13 +153,25 @@ def validity(
 
 
 def to_physical(
-    raw: np.ndarray, scale_offset: tuple[np.ndarray, np.ndarray] | None = None
+    raw: np.ndarray,
+    scale_offset: tuple[np.ndarray, np.ndarray] | None = None,
+    channels_last: bool = False,
 ) -> np.ndarray:
-    """Raw band values to float32 physical values (GDAL scale and offset per band)."""
-    data = raw.astype(np.float32, order="C")  # tiles may be strided views
+    """Raw band values ``(..., bands, h, w)`` to float32 physical values (GDAL scale, offset).
+
+    The result is a new array, C-ordered, or with ``channels_last`` band-interleaved in memory
+    (shape unchanged, bands the fastest axis): the layout torch's kernels read fastest.
+    """
+    if channels_last:
+        *lead, bands, h, w = raw.shape
+        data = np.empty((*lead, h, w, bands), np.float32)
+        data = np.moveaxis(data, -1, -3)
+        np.copyto(data, raw, casting="unsafe")  # tiles may be strided views
+    else:
+        data = raw.astype(np.float32, order="C")
     if scale_offset is not None:
-        scales, offsets = scale_offset
-        data = (data * scales[:, None, None] + offsets[:, None, None]).astype(np.float32)
+        scales, offsets = (np.asarray(v)[:, None, None] for v in scale_offset)
+        data[...] = data * scales + offsets  # in float64, as GDAL scales, then stored
     return data
 
 
@@ -271,9 +283,9 @@ class RasterReader:
             return raw, ds.read_masks(self.info.bands[0], window=window) > 0
         return raw, None
 
-    def to_physical(self, raw: np.ndarray) -> np.ndarray:
-        """Raw values to float32 physical values (scale/offset applied)."""
-        return to_physical(raw, self._scale)
+    def to_physical(self, raw: np.ndarray, channels_last: bool = False) -> np.ndarray:
+        """Raw values to float32 physical values (scale/offset applied; see :func:`to_physical`)."""
+        return to_physical(raw, self._scale, channels_last)
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Read ``window`` as ``(data, valid)``; parts outside the raster are mirrored.

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from georaster_quant.backend import Backend
+from georaster_quant.backend import Backend, batch_layout
 from georaster_quant.contract import open_input
 from georaster_quant.errors import BandMismatchError, RasterContractError
 from georaster_quant.stream import TileBatch, iter_batches
@@ -76,8 +76,9 @@ def predict_grid(
     confidence = np.zeros(grid.shape, dtype=np.float32)
     seconds: list[float] = []
     fill = np.asarray(meta.input.fill_values, dtype=np.float32)
+    batches = iter_batches(reader, grid, fill, batch_size, channels_last=batch_layout(backend))
     with progress_bar(total=len(grid), unit="tile", desc="predict", enabled=progress) as bar:
-        for batch in iter_batches(reader, grid, fill, batch_size):
+        for batch in batches:
             t0 = time.perf_counter()
             probs = backend(batch.data)
             seconds.append(time.perf_counter() - t0)

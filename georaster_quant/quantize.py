@@ -23,13 +23,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from georaster_quant.bundle import ENGINES, OBSERVERS
+from georaster_quant.bundle import ENGINES, OBSERVERS, STATIC_TYPES
 from georaster_quant.bundle import QUANT_TYPES as BUNDLE_TYPES
 from georaster_quant.errors import ConfigError, GeoRasterQuantWarning
-from georaster_quant.model import GeoRasterCNN
+from georaster_quant.model import GeoRasterCNN, NormalizeQuantize
 
 QUANT_TYPES = tuple(t for t in BUNDLE_TYPES if t != "fp32")
-STATIC_TYPES = ("static_int8", "per_channel_int8", "qat_int8")
 #: Chosen by the measured observer table in docs/quantization.md.
 DEFAULT_OBSERVER = "histogram"
 
@@ -465,6 +464,29 @@ def load_state(module: nn.Module, state: dict[str, Any], engine: str | None = No
     with quiet():
         module.load_state_dict(state, strict=True)
     return module.eval()
+
+
+def inference_form(module: nn.Module) -> nn.Module:
+    """``module`` as inference runs it: a static INT8 model's first quantization is fused.
+
+    Its normalization and per-tensor input quantization become one
+    :class:`~georaster_quant.model.NormalizeQuantize` (same values, fewer passes, and a
+    channels-last result the first convolution needs). Other models are returned as they
+    are. The result shares every other layer with ``module``; only the bundle's own
+    structure is saved or exported to ONNX.
+    """
+    from torch.ao.nn.quantized import Quantize
+
+    quant = getattr(module, "quant", None)
+    if not isinstance(quant, Quantize) or quant.dtype != torch.quint8:
+        return module
+    fused = copy.copy(module)
+    fused._modules = dict(module._modules)  # noqa: SLF001 - a shallow copy of the children
+    fused.normalize = NormalizeQuantize(
+        module.normalize, float(quant.scale), int(quant.zero_point), module.tile_size
+    )
+    fused.quant = nn.Identity()
+    return fused.eval()
 
 
 def run(module: nn.Module, batch: np.ndarray) -> torch.Tensor:

@@ -31,7 +31,7 @@ import numpy as np
 
 from georaster_quant import __version__
 from georaster_quant.area import PixelArea
-from georaster_quant.backend import Backend
+from georaster_quant.backend import Backend, batch_layout
 from georaster_quant.bundle import BundleMeta
 from georaster_quant.contract import open_input
 from georaster_quant.errors import ConfigError, GeoRasterQuantError, OutputPathError
@@ -288,7 +288,7 @@ class LocalInference:
         with _retry_waits_end_on(reader, stop):
             thread = threading.Thread(
                 target=_reader_thread,
-                args=(reader, grid, fill, opts, rows, skip, q, stop),
+                args=(reader, grid, fill, opts, rows, skip, batch_layout(self.backend), q, stop),
                 daemon=True,
             )
             thread.start()
@@ -325,16 +325,21 @@ def _reader_thread(
     opts: PredictOptions,
     rows: Sequence[int],
     skip: int,
+    channels_last: bool,
     out: queue.Queue,
     stop: threading.Event,
 ) -> None:
     """Stream batches of the given output rows into ``out``; an exception is passed on.
 
-    The first ``skip`` tiles of the first row are left out. Stops early when ``stop`` is set
-    (the consumer failed and drains the queue).
+    The first ``skip`` tiles of the first row are left out; ``channels_last`` asks for
+    band-interleaved batches. Stops early when ``stop`` is set (the consumer failed and
+    drains the queue).
     """
     try:
-        for batch in iter_batches(reader, grid, fill, opts.batch_size, rows=rows, skip=skip):
+        batches = iter_batches(
+            reader, grid, fill, opts.batch_size, rows=rows, skip=skip, channels_last=channels_last
+        )
+        for batch in batches:
             if stop.is_set():
                 return
             out.put(batch)

@@ -3,6 +3,8 @@
 Rows are read full width in chunks aligned to the raster's block rows and kept in a rolling
 buffer, so each block is decoded once even when tiles overlap (stride < tile size). Memory is
 bounded by ``(tile_size + block_height) x width x bands`` at most, never by the raster's height.
+Batches come band by band (C-ordered) or, for backends that read that fastest, band-interleaved
+(channels-last): then GDAL writes the rows interleaved and no step transposes them.
 """
 
 from __future__ import annotations
@@ -24,15 +26,24 @@ class RowBuffer:
     later strip needs are dropped when the next read needs their room (one move per block
     row). The buffer holds exactly the most rows any one of ``spans`` (the ``(r0, r1)`` row
     ranges that will be asked for, in order) needs with the block rows that cover it, whatever
-    the raster's height.
+    the raster's height. ``raw`` is ``(bands, rows, width)``; with ``channels_last`` its
+    memory is band-interleaved.
     """
 
-    def __init__(self, reader: RasterReader, spans: Iterable[tuple[int, int]]):
+    def __init__(
+        self, reader: RasterReader, spans: Iterable[tuple[int, int]], channels_last: bool = False
+    ):
         info = reader.info
         self.reader = reader
         self.block_rows = max(1, info.block_shape[0])
         capacity = max((self._read_end(r1) - r0 for r0, r1 in spans), default=0)
-        self.raw = np.empty((info.count, capacity, info.width), dtype=info.dtype)
+        if channels_last:
+            interleaved = np.empty((capacity, info.width, info.count), dtype=info.dtype)
+            self.raw = np.moveaxis(interleaved, -1, 0)
+            self._row_major = [interleaved]  # arrays whose first axis is the row
+        else:
+            self.raw = np.empty((info.count, capacity, info.width), dtype=info.dtype)
+            self._row_major = list(self.raw)
         self.valid = np.empty((capacity, info.width), dtype=bool)
         self.start = 0
         self.size = 0
@@ -60,22 +71,28 @@ class RowBuffer:
 
     def _drop_before(self, r0: int) -> None:
         """Drop rows above ``r0`` (no later strip needs them); keep the rest at the top."""
-        end = self.start + self.size
-        keep, off = end - r0, r0 - self.start
-        for band in self.raw:  # band by band: the overlapping move's temporary stays small
-            band[:keep] = band[off : self.size]
-        self.valid[:keep] = self.valid[off : self.size].copy()
-        self.start, self.size = r0, keep
+        off = r0 - self.start
+        for rows in [*self._row_major, self.valid]:
+            # In steps of at most ``off`` rows, so source and target never overlap and no
+            # temporary copy is made.
+            for top in range(0, self.size - off, off):
+                n = min(off, self.size - off - top)
+                rows[top : top + n] = rows[off + top : off + top + n]
+        self.start, self.size = r0, self.size - off
 
 
 def iter_row_strips(
-    reader: RasterReader, grid: TileGrid, rows: Sequence[int] | None = None
+    reader: RasterReader,
+    grid: TileGrid,
+    rows: Sequence[int] | None = None,
+    channels_last: bool = False,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield ``(row, raw, valid)`` for every output row: the mirrored strip of its tiles.
 
     ``raw`` keeps the file's dtype (``reader.to_physical`` converts, tile by tile, what is
-    needed). ``rows`` (increasing) restricts the output rows, e.g. to those a resumed run
-    still needs. Each block of the raster is decoded once.
+    needed) and, with ``channels_last``, is band-interleaved in memory. ``rows``
+    (increasing) restricts the output rows, e.g. to those a resumed run still needs. Each
+    block of the raster is decoded once.
     """
     info = reader.info
     height, width = info.height, info.width
@@ -83,7 +100,7 @@ def iter_row_strips(
     windows = [grid.row_window(row) for row in rows]
     # Full width; rows include mirrored ones.
     sources = [source_window(window, height, width) for window in windows]
-    buffer = RowBuffer(reader, [(s.row_off, s.row_end) for s in sources])
+    buffer = RowBuffer(reader, [(s.row_off, s.row_end) for s in sources], channels_last)
     for row, window, source in zip(rows, windows, sources, strict=True):
         raw, valid = buffer.rows(source.row_off, source.row_end)
         yield (
@@ -99,7 +116,8 @@ class TileBatch:
 
     rows: np.ndarray  # (n,) output row of each tile
     cols: np.ndarray  # (n,) output column of each tile
-    data: np.ndarray  # (n, C, T, T) float32 raw values, nodata replaced by the fill values
+    data: np.ndarray  # (n, C, T, T) float32 raw values, nodata replaced by the fill values;
+    # C-ordered or band-interleaved, as asked for
     valid_fraction: np.ndarray  # (n,) valid share of each cell's in-raster footprint
 
     def __len__(self) -> int:
@@ -129,13 +147,23 @@ def iter_batches(
     batch_size: int,
     rows: Sequence[int] | None = None,
     skip: int = 0,
+    channels_last: bool = False,
 ) -> Iterator[TileBatch]:
     """Batches of filled tiles in grid order (of ``rows`` only, if given); the last may be short.
 
     The first ``skip`` tiles of the first row are left out (a resumed run has them).
+    ``channels_last`` gives band-interleaved batches, read that way from the start.
     """
-    strips = iter_row_strips(reader, grid, rows)
-    return batch_strips(strips, grid, fill_values, batch_size, reader.to_physical, skip=skip)
+    strips = iter_row_strips(reader, grid, rows, channels_last)
+    return batch_strips(
+        strips,
+        grid,
+        fill_values,
+        batch_size,
+        reader.to_physical,
+        skip=skip,
+        channels_last=channels_last,
+    )
 
 
 def batch_strips(
@@ -146,13 +174,15 @@ def batch_strips(
     to_physical: Callable[[np.ndarray], np.ndarray],
     col0: int = 0,
     skip: int = 0,
+    channels_last: bool = False,
 ) -> Iterator[TileBatch]:
     """Batches of filled tiles from ``(row, raw, valid)`` strips; the last may be short.
 
     A strip holds the tiles of one output row from column ``col0`` on (the whole row for the
     streaming reader, one block's columns for the lazy dask path), raw values in the file's
-    dtype; ``to_physical`` turns them into float32 physical values. The first ``skip`` tiles
-    of the first strip are left out.
+    dtype; ``to_physical`` (:func:`~georaster_quant.io.to_physical`'s signature) turns them
+    into float32 physical values, band-interleaved with ``channels_last``. The first ``skip``
+    tiles of the first strip are left out.
     """
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1, not {batch_size}")
@@ -167,7 +197,7 @@ def batch_strips(
         while c < len(raw_tiles):
             n = min(batch_size - count, len(raw_tiles) - c)
             vtiles = valid_tiles[c : c + n]
-            filled = to_physical(raw_tiles[c : c + n])  # the one float32 copy
+            filled = to_physical(raw_tiles[c : c + n], channels_last=channels_last)  # one copy
             if not vtiles.all():  # most batches have no nodata: skip a pass over the floats
                 np.copyto(filled, np.broadcast_to(fill, filled.shape), where=~vtiles[:, None])
             cols = col0 + c + np.arange(n)
@@ -183,8 +213,13 @@ def batch_strips(
 
 
 def _batch(pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> TileBatch:
-    """One batch from consecutive pieces of rows (copied only when there are several)."""
+    """One batch from consecutive pieces of rows (copied only when there are several).
+
+    The pieces' data are joined in the memory layout they have.
+    """
     if len(pieces) == 1:
         return TileBatch(*pieces[0])
-    rows, cols, data, frac = (np.concatenate(p) for p in zip(*pieces, strict=True))
-    return TileBatch(rows, cols, data, frac)
+    rows, cols, data, frac = zip(*pieces, strict=True)
+    joined = np.empty_like(data[0], shape=(sum(map(len, data)), *data[0].shape[1:]))
+    np.concatenate(data, out=joined)
+    return TileBatch(np.concatenate(rows), np.concatenate(cols), joined, np.concatenate(frac))

@@ -88,6 +88,22 @@ def test_exported_decisions_match_the_bundle(
             [backend(raw_tiles[i : i + batch]).argmax(1) for i in range(0, 64, batch)]
         )
         assert (got == ref).mean() >= minimum
+    # a channels-last batch (what the runner gives torch backends) decides the same
+    interleaved = np.moveaxis(np.ascontiguousarray(np.moveaxis(raw_tiles, 1, -1)), -1, 1)
+    np.testing.assert_array_equal(backend(interleaved).argmax(1), backend(raw_tiles).argmax(1))
+
+
+def test_int8_torchscript_runs_the_fused_input_quantization(exported) -> None:
+    """The exported INT8 file quantizes its input in the fused form (no batch norm node)."""
+    import torch
+
+    from georaster_quant.quantize import quiet
+
+    with quiet():
+        module = torch.jit.load(os.fspath(exported("int8", "torchscript")))
+    kinds = {node.kind() for node in module.inlined_graph.nodes()}
+    assert "aten::addcmul" in kinds and "aten::quantize_per_tensor" in kinds
+    assert "aten::batch_norm" not in kinds
 
 
 @pytest.mark.parametrize("kind", ["fp32", "int8"])
@@ -100,34 +116,39 @@ def test_torch_backends_feed_fp32_models_channels_last(
 
     bundle = Bundle(trained_bundle if kind == "fp32" else int8_bundle)
     backend = gb.TorchBackend(bundle)
-    x = gb._torch_batch(torch, raw_tiles[:4], backend._channels_last)
+    assert backend.channels_last  # both ask the runner for channels-last batches
+    x = gb._torch_batch(torch, raw_tiles[:4], backend._fp32_convolutions)
     assert x.is_contiguous(memory_format=torch.channels_last) == (kind == "fp32")
     # the layout changes the speed, not the decisions: same as the plain NCHW batch
     with torch.inference_mode():
         plain = bundle.model(torch.from_numpy(raw_tiles)).argmax(1).numpy()
-    assert (backend(raw_tiles).argmax(1) == plain).mean() >= 0.999
+    interleaved = np.moveaxis(np.ascontiguousarray(np.moveaxis(raw_tiles, 1, -1)), -1, 1)
+    for batch in (raw_tiles, interleaved):
+        assert (backend(batch).argmax(1) == plain).mean() >= 0.999
 
 
 @pytest.mark.parametrize(
-    ("quant_type", "details", "fp32_convs"),
+    ("quant_type", "details", "fp32_convs", "channels_last"),
     [
-        ("fp32", {}, True),
-        ("dynamic_int8", {}, True),  # only the head is INT8
-        ("fp16", {"compute_dtype": "fp32"}, True),
-        ("fp16", {"compute_dtype": "fp16"}, False),
-        ("per_channel_int8", {}, False),
-        ("qat_int8", {}, False),
+        ("fp32", {}, True, True),
+        ("dynamic_int8", {}, True, True),  # only the head is INT8
+        ("fp16", {"compute_dtype": "fp32"}, True, True),
+        ("fp16", {"compute_dtype": "fp16"}, False, False),
+        ("per_channel_int8", {}, False, True),  # the fused input quantization reads it
+        ("qat_int8", {}, False, True),
     ],
 )
 def test_which_models_get_channels_last_batches(
-    trained_bundle, quant_type, details, fp32_convs
+    trained_bundle, quant_type, details, fp32_convs, channels_last
 ) -> None:
     from georaster_quant import backend as gb
     from georaster_quant.bundle import read_meta
 
     meta = read_meta(trained_bundle)
     q = meta.quantization.model_copy(update={"type": quant_type, "details": details})
-    assert gb._fp32_convolutions(meta.model_copy(update={"quantization": q})) == fp32_convs
+    meta = meta.model_copy(update={"quantization": q})
+    assert gb._fp32_convolutions(meta) == fp32_convs
+    assert gb._channels_last(meta) == channels_last
 
 
 def _clean_python(code: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -141,6 +141,33 @@ class _Crashing:
         return self.inner(batch)
 
 
+class _Recording:
+    """The real backend, asking for a batch layout and recording the layouts it gets."""
+
+    def __init__(self, inner, channels_last):
+        self.inner, self.channels_last, self.layouts = inner, channels_last, set()
+        self.name, self.meta, self.size_bytes = inner.name, inner.meta, inner.size_bytes
+
+    def __call__(self, batch):
+        self.layouts.add(bool(np.moveaxis(batch, 1, -1).flags["C_CONTIGUOUS"]))
+        return self.inner(batch)
+
+
+def test_the_runner_reads_the_batch_layout_the_backend_asks_for(
+    trained_bundle, unseen_scene, tmp_path
+):
+    backend = open_backend(trained_bundle, "torch")
+    assert backend.channels_last
+    maps = {}
+    for channels_last in (False, True):
+        recording = _Recording(backend, channels_last)
+        out = tmp_path / f"{channels_last}.tif"
+        predict_raster(recording, unseen_scene, out, PredictOptions(stride=16, batch_size=48))
+        assert recording.layouts == {channels_last}
+        maps[channels_last] = read(out)[0]
+    np.testing.assert_array_equal(maps[False], maps[True])
+
+
 def test_resume_after_an_interruption_gives_the_same_map(trained_bundle, unseen_scene, tmp_path):
     backend = open_backend(trained_bundle)
     full = tmp_path / "full.tif"

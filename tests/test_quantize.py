@@ -28,7 +28,7 @@ from georaster_quant.calibration import (
 )
 from georaster_quant.errors import ConfigError, TrainingDataError
 from georaster_quant.io import RasterReader
-from georaster_quant.model import BandNormalize
+from georaster_quant.model import BandNormalize, NormalizeQuantize
 from georaster_quant.quantize import QuantConfig
 from georaster_quant.sampling import sample_tiles
 from georaster_quant.training import run_epoch
@@ -197,6 +197,44 @@ def test_per_channel_decisions_agree_with_fp32(quantized, eval_tiles, fp32_decis
     res = quantized("per_channel_int8")
     share = agreement(res.module, eval_tiles, fp32_decisions)
     assert share >= 0.95, f"per_channel_int8 agrees with FP32 on only {share:.1%} of tiles"
+
+
+# --------------------------------------------------------------------------- inference form
+
+
+@pytest.mark.parametrize("quant_type", ["static_int8", "per_channel_int8"])
+def test_fused_input_quantization_gives_the_same_values(quantized, eval_tiles, quant_type) -> None:
+    """Normalize, clip and quantize fused: the same uint8 values, outliers and layouts alike."""
+    module = quantized(quant_type).module
+    fused = q.inference_form(module)
+    assert type(fused.normalize) is NormalizeQuantize
+    assert type(module.normalize) is BandNormalize  # the bundle's own module is untouched
+    assert fused.blocks is module.blocks  # the layers are shared, not copied
+    x = torch.from_numpy(eval_tiles[:16].copy())
+    x[:4] *= 8  # far above the clip
+    x[4:8] *= -8  # far below it
+    with q.quiet(), torch.inference_mode():
+        ref = module.quant(module.normalize(x))
+        s, z, clip = ref.q_scale(), ref.q_zero_point(), module.normalize.clip
+        top = min(255, round(clip / s) + z)
+        assert top < 255 and (ref.int_repr() == top).any()  # the clip bites on these tiles
+        logits = module(x)
+        for batch in (x, x.contiguous(memory_format=torch.channels_last)):
+            got = fused.normalize(batch)
+            assert got.is_contiguous(memory_format=torch.channels_last)
+            assert (got.q_scale(), got.q_zero_point()) == (s, z)
+            assert torch.equal(got.int_repr(), ref.int_repr())
+            assert torch.equal(fused(batch), logits)
+
+
+def test_only_a_quantized_input_is_fused(quantized, fp32) -> None:
+    assert q.inference_form(fp32.model) is fp32.model
+    for quant_type in ("dynamic_int8", "fp16"):
+        module = quantized(quant_type).module
+        assert q.inference_form(module) is module
+    # the first block kept in FP32: the model's input is never quantized
+    kept = quantized("static_int8", fp32_layers=("blocks.0",)).module
+    assert q.inference_form(kept) is kept
 
 
 # --------------------------------------------------------------------------- FP32 layers, config

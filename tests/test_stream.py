@@ -267,3 +267,55 @@ def test_stream_and_reader_agree_on_a_200x150_raster(make_tif, stride: int) -> N
         for tile, got in zip(grid, data, strict=True):
             raw, valid = reader.read(tile.window)
             np.testing.assert_array_equal(got, np.where(valid[None], raw, FILL[:, None, None]))
+
+
+def _channels_last(data: np.ndarray) -> bool:
+    """Whether ``(n, C, T, T)`` data is band-interleaved in memory: bands the fastest axis."""
+    return np.moveaxis(data, 1, -1).flags["C_CONTIGUOUS"]
+
+
+@pytest.mark.parametrize("stride", STRIDES)
+def test_channels_last_batches_hold_the_same_tiles(raster, stride: int) -> None:
+    """Band-interleaved batches (read so by GDAL) equal the band-by-band ones, value for value.
+
+    Batches of 7 join pieces of two rows; stride 13 on 8-row blocks makes the row buffer drop
+    rows it still overlaps.
+    """
+    path, _ = raster
+    grid = TileGrid(HEIGHT, WIDTH, tile_size=TILE, stride=stride)
+    with RasterReader(path) as reader:
+        plain = list(iter_batches(reader, grid, FILL, 7))
+    with RasterReader(path) as reader:
+        interleaved = list(iter_batches(reader, grid, FILL, 7, channels_last=True))
+    assert len(plain) == len(interleaved)
+    for a, b in zip(plain, interleaved, strict=True):
+        assert _channels_last(b.data) and not _channels_last(a.data)
+        np.testing.assert_array_equal(a.rows, b.rows)
+        np.testing.assert_array_equal(a.cols, b.cols)
+        np.testing.assert_array_equal(a.valid_fraction, b.valid_fraction)
+        np.testing.assert_array_equal(a.data, b.data)
+
+
+def test_channels_last_batches_apply_scale_and_offset(make_tif) -> None:
+    array = scene(100, 90)
+    path = make_tif("scaled.tif", array, nodata=0, scales=[0.5, 2.0, 1e-4], offsets=[1, 0, -3])
+    grid = TileGrid(100, 90, tile_size=TILE, stride=32)
+    with RasterReader(path) as reader:
+        plain = np.concatenate([b.data for b in iter_batches(reader, grid, FILL, 5)])
+    with RasterReader(path) as reader:
+        batches = list(iter_batches(reader, grid, FILL, 5, channels_last=True))
+    assert all(_channels_last(b.data) for b in batches)
+    np.testing.assert_array_equal(np.concatenate([b.data for b in batches]), plain)
+
+
+def test_row_buffer_drops_rows_without_losing_the_kept_ones(make_tif) -> None:
+    """Kept rows move up in steps no longer than the dropped part, in both layouts."""
+    array = scene(120, 20)
+    path = make_tif("rows.tif", array, tiled=False, blocksize=4)
+    for channels_last in (False, True):
+        with RasterReader(path) as reader:
+            buffer = RowBuffer(reader, [(0, 50), (3, 53), (47, 97)], channels_last)
+            for r0, r1 in [(0, 50), (3, 53), (47, 97)]:  # drops 3 rows, then 44 of 50
+                raw, valid = buffer.rows(r0, r1)
+                np.testing.assert_array_equal(raw, array[:, r0:r1])
+                assert valid.all()
