@@ -18,14 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import ort_runner, timings, torch_runner
+from _common import ort_runner, timings
 
 from georaster_quant.arch import DEFAULT_ARCH
 from georaster_quant.backend import TorchBackend
 from georaster_quant.bundle import Bundle
 from georaster_quant.calibration import choose_calibration_tiles
 from georaster_quant.evaluation import evaluate
-from georaster_quant.export import traced
 from georaster_quant.quantized_bundle import QuantizeOptions, quantize_bundle
 from georaster_quant.synth import SceneSpec, generate_scene
 from georaster_quant.training import TrainConfig, train
@@ -122,9 +121,9 @@ def main() -> None:
             runners[qt] = TorchBackend(loaded[qt], threads)
         for qt in FBGEMM_ROWS:  # the kernels they were calibrated for (see kernel_engine)
             runners[f"{qt}_fbgemm"] = TorchBackend(Bundle(bundles[qt], engine="fbgemm"), threads)
-        # The same traced per-channel model handed NCHW batches: what the layout is worth.
-        per_channel = traced(loaded["per_channel_int8"].model, calib[:2])
-        runners["per_channel_int8_nchw"] = torch_runner(per_channel)
+        # The same backend handed NCHW batches (a plain function asks for no layout): what
+        # the layout is worth.
+        runners["per_channel_int8_nchw"] = runners["per_channel_int8"].__call__
         for bs in (1, 32):
             latency[f"b{bs}_t{threads}"] = timings(
                 runners, np.ascontiguousarray(calib[:bs]), args.repeats

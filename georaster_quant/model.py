@@ -66,32 +66,29 @@ class BandNormalize(nn.Module):
 class NormalizeQuantize(nn.Module):
     """:class:`BandNormalize` then per-tensor quantization, as two passes over a batch.
 
-    Gives the same quantized values as ``quantize_per_tensor(normalize(x))``, cheaper: the
-    band affine is one multiply-add over rows of ``W x C`` values (a view of a channels-last
-    batch: no per-pixel band broadcast), and the clip moves after quantization, to the uint8
-    values, where it is the same clip because rounding keeps order. The result is the
-    channels-last quantized tensor the first INT8 convolution reads, so it needs no
-    transposing copy. An NCHW batch works too; its reshape then costs one float copy.
+    Gives the same quantized values as ``quantize_per_tensor(normalize(x))`` for every
+    non-NaN input (the reader replaces NaN pixels with the fill values), cheaper: the band
+    affine is one multiply-add over rows of ``W x C`` values (a view of a channels-last batch:
+    no per-pixel band broadcast), and the clip moves after quantization, to the uint8 values,
+    where it is the same clip because rounding keeps order. The result is the channels-last
+    quantized tensor the first INT8 convolution reads, so it needs no transposing copy. An
+    NCHW batch works too; its reshape then costs one float copy. Tiles must be ``width``
+    pixels wide, the model's tile size.
     """
 
     def __init__(self, normalize: BandNormalize, scale: float, zero_point: int, width: int):
         super().__init__()
         mul = normalize.inv_scale.view(-1)
-        add = -normalize.center.view(-1) * mul
-        # One row of a tile, precomputed: tracing then records a constant, not a repeat.
+        # One row of a tile, precomputed: a trace then records a constant, not a repeat.
         self.register_buffer("mul", mul.repeat(width))
-        self.register_buffer("add", add.repeat(width))
-        self.bands = mul.numel()
+        self.register_buffer("add", (-normalize.center.view(-1) * mul).repeat(width))
         self.scale, self.zero_point, self.clip = float(scale), int(zero_point), normalize.clip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Quantized normalized values ``(N, C, H, W)``, channels-last in memory."""
         n, c, h, w = x.shape
-        mul, add = self.mul, self.add
-        if mul.numel() != w * c:  # not the model's tile width
-            mul, add = mul[: self.bands].repeat(w), add[: self.bands].repeat(w)
         rows = x.float().permute(0, 2, 3, 1).reshape(n * h, w * c)
-        y = torch.addcmul(add, rows, mul)
+        y = torch.addcmul(self.add, rows, self.mul)
         q = torch.quantize_per_tensor(y, self.scale, self.zero_point, torch.quint8)
         q = torch.clamp(q, -self.clip, self.clip)
         return q.view(n, h, w, c).permute(0, 3, 1, 2)

@@ -471,9 +471,9 @@ def inference_form(module: nn.Module) -> nn.Module:
 
     Its normalization and per-tensor input quantization become one
     :class:`~georaster_quant.model.NormalizeQuantize` (same values, fewer passes, and a
-    channels-last result the first convolution needs). Other models are returned as they
-    are. The result shares every other layer with ``module``; only the bundle's own
-    structure is saved or exported to ONNX.
+    channels-last result the first convolution needs; tiles of the model's tile size). Other
+    models are returned as they are. The result shares every other layer with ``module``;
+    only the bundle's own structure is saved or exported to ONNX.
     """
     from torch.ao.nn.quantized import Quantize
 
@@ -484,9 +484,9 @@ def inference_form(module: nn.Module) -> nn.Module:
     fused._modules = dict(module._modules)  # noqa: SLF001 - a shallow copy of the children
     fused.normalize = NormalizeQuantize(
         module.normalize, float(quant.scale), int(quant.zero_point), module.tile_size
-    )
+    ).train(module.training)
     fused.quant = nn.Identity()
-    return fused.eval()
+    return fused
 
 
 def run(module: nn.Module, batch: np.ndarray) -> torch.Tensor:

@@ -23,8 +23,8 @@ class RowBuffer:
     """Full-width raster rows kept raw (the file's dtype) in one preallocated array.
 
     Rows are read in chunks that end on block-row boundaries, straight into the buffer; rows no
-    later strip needs are dropped when the next read needs their room (one move per block
-    row). The buffer holds exactly the most rows any one of ``spans`` (the ``(r0, r1)`` row
+    later strip needs are dropped when the next read needs their room (the kept rows move up,
+    in place). The buffer holds exactly the most rows any one of ``spans`` (the ``(r0, r1)`` row
     ranges that will be asked for, in order) needs with the block rows that cover it, whatever
     the raster's height. ``raw`` is ``(bands, rows, width)``; with ``channels_last`` its
     memory is band-interleaved.
@@ -171,7 +171,7 @@ def batch_strips(
     grid: TileGrid,
     fill_values: np.ndarray,
     batch_size: int,
-    to_physical: Callable[[np.ndarray], np.ndarray],
+    to_physical: Callable[..., np.ndarray],
     col0: int = 0,
     skip: int = 0,
     channels_last: bool = False,

@@ -93,6 +93,23 @@ def test_exported_decisions_match_the_bundle(
     np.testing.assert_array_equal(backend(interleaved).argmax(1), backend(raw_tiles).argmax(1))
 
 
+def test_torch_backend_runs_int8_exactly_as_the_eager_model(int8_bundle, raw_tiles) -> None:
+    """The traced, fused form the torch backend runs gives the eager model's exact scores."""
+    import torch
+
+    from georaster_quant.backend import TorchBackend, softmax
+    from georaster_quant.quantize import quiet
+
+    bundle = Bundle(int8_bundle)
+    backend = TorchBackend(bundle)
+    assert isinstance(backend.model, torch.jit.ScriptModule)
+    with quiet(), torch.inference_mode():
+        eager = softmax(bundle.model(torch.from_numpy(raw_tiles)).numpy())
+    interleaved = np.moveaxis(np.ascontiguousarray(np.moveaxis(raw_tiles, 1, -1)), -1, 1)
+    for batch in (raw_tiles, interleaved, raw_tiles[:5]):
+        np.testing.assert_array_equal(backend(batch), eager[: len(batch)])
+
+
 def test_int8_torchscript_runs_the_fused_input_quantization(exported) -> None:
     """The exported INT8 file quantizes its input in the fused form (no batch norm node)."""
     import torch

@@ -153,16 +153,19 @@ class _Recording:
         return self.inner(batch)
 
 
+@pytest.mark.parametrize("kind", ["fp32", "int8"])
 def test_the_runner_reads_the_batch_layout_the_backend_asks_for(
-    trained_bundle, unseen_scene, tmp_path
+    trained_bundle, int8_bundle, unseen_scene, tmp_path, kind
 ):
-    backend = open_backend(trained_bundle, "torch")
+    """Either layout gives the same map; the INT8 one runs the traced, fused model."""
+    backend = open_backend(trained_bundle if kind == "fp32" else int8_bundle, "torch")
     assert backend.channels_last
     maps = {}
     for channels_last in (False, True):
         recording = _Recording(backend, channels_last)
         out = tmp_path / f"{channels_last}.tif"
-        predict_raster(recording, unseen_scene, out, PredictOptions(stride=16, batch_size=48))
+        opts = PredictOptions(stride=16, batch_size=48, probabilities=True)
+        predict_raster(recording, unseen_scene, out, opts)
         assert recording.layouts == {channels_last}
         maps[channels_last] = read(out)[0]
     np.testing.assert_array_equal(maps[False], maps[True])
