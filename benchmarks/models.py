@@ -3,8 +3,8 @@
 Trains every named architecture on one synthetic scene, scores it on the cells of another
 (stride 16), quantizes it to per-channel static INT8 (calibrated for fbgemm) and times FP32
 and INT8 forward passes alternately in one run: each on torch as the torch backend runs it
-(INT8 on the kernels ``kernel_engine`` picks here, in the traced inference form; channels-last
-batches) and on ONNX Runtime (NCHW batches). Prints a Markdown table and writes JSON.
+(INT8 on the kernels ``kernel_engine`` picks here, in the traced and frozen inference form;
+channels-last batches) and on ONNX Runtime (NCHW batches). Prints a Markdown table and writes JSON.
 
     python benchmarks/models.py [--size 2048] [--epochs 20] [--out benchmarks/results]
 """
@@ -21,7 +21,7 @@ from _common import ort_runner, timings, torch_runner
 
 from georaster_quant.bundle import Bundle
 from georaster_quant.evaluation import evaluate
-from georaster_quant.export import traced
+from georaster_quant.export import frozen, traced
 from georaster_quant.io import RasterReader
 from georaster_quant.model import ARCHITECTURES, count_macs
 from georaster_quant.predict import predict_grid
@@ -55,7 +55,8 @@ def time_per_tile(bundle, int8, batch, threads, repeats):
     """µs per tile of FP32 and INT8, each on torch and on ONNX Runtime, timed alternately.
 
     ``int8`` is the fbgemm-packed module ONNX export takes; torch runs it repacked for the
-    kernels ``kernel_engine`` picks, traced in its inference form, as the torch backend does.
+    kernels ``kernel_engine`` picks, traced in its inference form and frozen, as the torch
+    backend does.
     """
     torch.set_num_threads(threads)
     config = QuantConfig("per_channel_int8")
@@ -64,7 +65,7 @@ def time_per_tile(bundle, int8, batch, threads, repeats):
     runners = {
         "fp32": torch_runner(bundle.model, channels_last=True),
         "ort_fp32": ort_runner(bundle.model, threads),
-        "int8": torch_runner(traced(repacked, batch[:2]), channels_last=True),
+        "int8": torch_runner(frozen(traced(repacked, batch[:2])), channels_last=True),
         "ort_int8": ort_runner(int8, threads),
     }
     return {k: v * 1000 / len(batch) for k, v in timings(runners, batch, repeats).items()}

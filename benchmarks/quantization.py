@@ -111,14 +111,16 @@ def main() -> None:
     calib = choose_calibration_tiles([scene], loaded["fp32"].meta, 32).tiles
     latency = {}
     for threads in (1, 2):
-        # Eager torch as predict runs it (TorchBackend: the inference form of each model, and
-        # the batch layout it asks for), against ONNX Runtime FP32 on NCHW batches.
+        # Torch as predict runs it (TorchBackend: the inference form of each model, and the
+        # batch layout it asks for), against ONNX Runtime FP32 on NCHW batches. Each thread
+        # count loads the bundles afresh, as a process does: frozen INT8 models sharing the
+        # packed weights of models first run on 1 thread ran up to 2.5x slower on 2.
         runners = {
-            "fp32_eager": TorchBackend(loaded["fp32"], threads),
+            "fp32_eager": TorchBackend(Bundle(bundles["fp32"]), threads),
             "fp32_onnxruntime": ort_runner(loaded["fp32"].model, threads),
         }
         for qt in QUANT_TYPES:
-            runners[qt] = TorchBackend(loaded[qt], threads)
+            runners[qt] = TorchBackend(Bundle(bundles[qt]), threads)
         for qt in FBGEMM_ROWS:  # the kernels they were calibrated for (see kernel_engine)
             runners[f"{qt}_fbgemm"] = TorchBackend(Bundle(bundles[qt], engine="fbgemm"), threads)
         # The same backend handed NCHW batches (a plain function asks for no layout): what

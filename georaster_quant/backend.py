@@ -22,6 +22,10 @@ from georaster_quant.errors import BundleError, ConfigError
 from georaster_quant.threads import available_cores
 
 BACKENDS = ("auto", "torch", "torchscript", "onnxruntime")
+#: Tiles in the batch a torch backend runs a static INT8 model on as it loads: ``predict``'s
+#: default ``--batch-size``. Its kernels then ran a batch of 32 in 0.59-0.62 ms, against
+#: 0.73-0.76 ms when the first batch had been a single tile (docs/export.md).
+WARM_UP_TILES = 32
 
 
 class Backend(Protocol):
@@ -79,6 +83,33 @@ def _torch_batch(torch: Any, batch: np.ndarray, fp32_convolutions: bool) -> Any:
     return x.contiguous(memory_format=torch.channels_last) if fp32_convolutions else x
 
 
+def _torch_probabilities(torch: Any, logits: Any) -> np.ndarray:
+    """Softmax of a torch model's logits, taken in torch.
+
+    NumPy's softmax of the same 32 x 6 logits cost 60 µs right after an INT8 batch, against
+    7 µs on its own, while torch's OpenMP threads were still spinning; torch's took 25 µs.
+    """
+    return torch.softmax(logits.float(), 1).numpy()
+
+
+def _run_on(torch: Any, engine: str | None) -> None:
+    """Make ``engine`` the process's quantized engine, if it is not already (None: no INT8).
+
+    A frozen INT8 model still consults it as it runs: with fbgemm's selected, a frozen model
+    packed for oneDNN took 1.56 ms per batch of 32 instead of 0.62. It is process-wide, so a
+    backend sets it before each batch, for the case of models of two engines in one process.
+    """
+    if engine is not None and torch.backends.quantized.engine != engine:
+        torch.backends.quantized.engine = engine
+
+
+def _warm_up(backend: Any) -> None:
+    """Run a torch backend's static INT8 model once on :data:`WARM_UP_TILES` zero tiles."""
+    t = backend.meta.input.tile_size
+    zeros = np.zeros((WARM_UP_TILES, t, t, len(backend.meta.input.bands)), np.float32)
+    backend(np.moveaxis(zeros, -1, 1))  # channels-last, as predict hands it
+
+
 def batch_layout(backend: Backend) -> bool:
     """``backend.channels_last``, False for backends that do not say."""
     return bool(getattr(backend, "channels_last", False))
@@ -96,16 +127,17 @@ class TorchBackend:
         self.bundle = bundle
         self.meta = bundle.meta
         self.size_bytes = bundle.size_bytes
+        self._engine = bundle.engine
         self.model = bundle.model
         if self.meta.quant_type in STATIC_TYPES:
-            # In the form inference runs, traced: TorchScript ran the per-channel INT8 model
-            # about 20 % faster than eager Python at batch 32 (docs/quantization.md), and
-            # tracing it takes some 40 ms.
-            from georaster_quant.export import traced
+            # In the form inference runs, traced and frozen: the per-channel INT8 model then
+            # ran a batch of 32 in 0.55 ms against 0.87 eager (docs/export.md); both steps
+            # take some 50 ms.
+            from georaster_quant.export import frozen, traced
 
             t = self.meta.input.tile_size
             example = np.zeros((2, len(self.meta.input.bands), t, t), np.float32)
-            self.model = traced(bundle.model, example)
+            self.model = frozen(traced(bundle.model, example))
         self.channels_last = _channels_last(self.meta)
         self._fp32_convolutions = _fp32_convolutions(self.meta)
         torch.set_num_threads(threads or available_cores())
@@ -114,13 +146,16 @@ class TorchBackend:
             from georaster_quant.quantize import quiet
 
             self._quiet = quiet
+        if self.meta.quant_type in STATIC_TYPES:
+            _warm_up(self)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Softmax probabilities of the bundle's model."""
         torch = self._torch
+        _run_on(torch, self._engine)
         with self._quiet(), torch.inference_mode():
             logits = self.model(_torch_batch(torch, batch, self._fp32_convolutions))
-            return softmax(logits.float().numpy())
+            return _torch_probabilities(torch, logits)
 
 
 @contextlib.contextmanager
@@ -154,7 +189,7 @@ class TorchScriptBackend:
     def __init__(self, path: str | os.PathLike[str], threads: int | None = None):
         import torch
 
-        from georaster_quant.export import read_exported_meta
+        from georaster_quant.export import frozen, read_exported_meta
         from georaster_quant.quantize import kernel_engine, quiet
 
         self._torch = torch
@@ -164,22 +199,25 @@ class TorchScriptBackend:
         self.channels_last = _channels_last(self.meta)
         self._fp32_convolutions = _fp32_convolutions(self.meta)
         torch.set_num_threads(threads or available_cores())
-        engine = kernel_engine(self.meta.quant_type, self.meta.quantization.engine)
-        if engine is not None:  # INT8 weights repack for it as they load
-            torch.backends.quantized.engine = engine
+        self._engine = kernel_engine(self.meta.quant_type, self.meta.quantization.engine)
+        _run_on(torch, self._engine)  # INT8 weights repack for it as they load
         try:
             with quiet(), _native_stderr_muted():
                 self.module = torch.jit.load(os.fspath(path), map_location="cpu").eval()
         except RuntimeError as exc:
             first = str(exc).splitlines()[0]
             raise BundleError(f"{path}: not a loadable TorchScript model ({first})") from None
+        if self.meta.quant_type in STATIC_TYPES:  # saved unfrozen, for any engine's kernels
+            self.module = frozen(self.module)
+            _warm_up(self)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Softmax probabilities of the scripted model."""
         torch = self._torch
+        _run_on(torch, self._engine)
         with self._quiet(), torch.inference_mode():
             logits = self.module(_torch_batch(torch, batch, self._fp32_convolutions))
-            return softmax(logits.float().numpy())
+            return _torch_probabilities(torch, logits)
 
 
 class OnnxRuntimeBackend:

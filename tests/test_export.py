@@ -94,20 +94,35 @@ def test_exported_decisions_match_the_bundle(
 
 
 def test_torch_backend_runs_int8_exactly_as_the_eager_model(int8_bundle, raw_tiles) -> None:
-    """The traced, fused form the torch backend runs gives the eager model's exact scores."""
+    """The traced, frozen, fused form the torch backend runs gives the eager model's scores."""
     import torch
 
-    from georaster_quant.backend import TorchBackend, softmax
+    from georaster_quant.backend import TorchBackend
     from georaster_quant.quantize import quiet
 
     bundle = Bundle(int8_bundle)
     backend = TorchBackend(bundle)
     assert isinstance(backend.model, torch.jit.ScriptModule)
     with quiet(), torch.inference_mode():
-        eager = softmax(bundle.model(torch.from_numpy(raw_tiles)).numpy())
+        eager = torch.softmax(bundle.model(torch.from_numpy(raw_tiles)), 1).numpy()
     interleaved = np.moveaxis(np.ascontiguousarray(np.moveaxis(raw_tiles, 1, -1)), -1, 1)
     for batch in (raw_tiles, interleaved, raw_tiles[:5]):
         np.testing.assert_array_equal(backend(batch), eager[: len(batch)])
+
+
+def test_an_int8_backend_runs_on_its_own_engine(int8_bundle, raw_tiles) -> None:
+    """Another engine selected meanwhile (a second bundle loaded) does not move its kernels."""
+    import torch
+
+    from georaster_quant.backend import TorchBackend
+
+    backend = TorchBackend(Bundle(int8_bundle))
+    ref = backend(raw_tiles)
+    other = next(e for e in ("fbgemm", "onednn") if e != backend._engine)
+    TorchBackend(Bundle(int8_bundle, engine=other))  # selects its engine as it loads
+    assert torch.backends.quantized.engine == other
+    np.testing.assert_array_equal(backend(raw_tiles), ref)
+    assert torch.backends.quantized.engine == backend._engine
 
 
 def test_int8_torchscript_runs_the_fused_input_quantization(exported) -> None:
