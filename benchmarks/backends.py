@@ -4,7 +4,7 @@ Uses the FP32 and per-channel INT8 bundles of benchmarks/quantization.py (run it
 exports both to TorchScript and ONNX, and also builds the alternative INT8 ONNX path (ONNX
 Runtime static quantization of the FP32 graph: QDQ, signed 8-bit, per channel, after
 ``quant_pre_process``, calibrated on the same diverse tiles) to compare it with the export of
-the torch INT8 model. The INT8 bundle runs on eager torch twice: on the kernels it loads with
+the torch INT8 model. The INT8 bundle runs on the torch backend twice: on the kernels it loads with
 here (oneDNN on AVX-512 VNNI CPUs) and on fbgemm's, the engine it was calibrated for. Timings
 alternate backends in blocks within one process; then the fastest INT8 and FP32 paths at batch
 32 on 2 threads are timed again alone, A against B alternated, for the headline ratio.
@@ -116,7 +116,7 @@ def main() -> None:
         files["fp32/onnxruntime"], edir / "int8_qdq.onnx", tiles
     )
 
-    # Agreement of every path with the eager torch model of the same precision.
+    # Agreement of every path with the torch backend of the same precision.
     ref = {n: open_backend(b)(tiles).argmax(1) for n, b in (("fp32", fp32_dir), ("int8", int8_dir))}
     agreement = {
         k: float((open_backend(p)(tiles).argmax(1) == ref[k.split("/")[0]]).mean())
@@ -146,7 +146,7 @@ def main() -> None:
             )
 
     # The headline ratio, measured as A against B alone (the runners above are the 2-thread
-    # ones): the table's rotation also runs the slow eager paths between these two.
+    # ones): the table's rotation also runs the slower paths between these two.
     keys = list(next(iter(results.values())))
     best = {
         prec: max((k for k in keys if k.startswith(prec)), key=lambda k: results["b32_t2"][k])
@@ -181,7 +181,7 @@ def main() -> None:
         "int8_torch_engine": engine,
         "tiles_per_s": results,
         "startup": startup,
-        "agreement_with_eager": agreement,
+        "agreement_with_torch": agreement,
         "fastest_int8_vs_fastest_fp32_b32_t2": ab,
     }
     (out / "backends.json").write_text(json.dumps(report, indent=2))

@@ -3,7 +3,7 @@
 For each synthetic scene size, each measurement runs in its own process (so its peak RSS is
 its own, taken from ``wait4``): reading every block of the file in one thread; the model alone
 on as many tiles as the scene has (batch 32); ``predict_raster`` in-process; the whole
-``georaster-quant predict`` command (start-up included), each on eager torch and on ONNX
+``georaster-quant predict`` command (start-up included), each on the torch backend and on ONNX
 Runtime (the bundle with its ``model.onnx``, which ``auto`` picks); and a naive baseline (one
 windowed read per tile, batch-1 inference, the map kept in memory and written at the end).
 
@@ -35,10 +35,12 @@ print(time.perf_counter() - t)
 
 MODEL = """
 import sys, time, numpy as np
-from georaster_quant.backend import open_backend
+from georaster_quant.backend import batch_layout, open_backend
 b = open_backend(sys.argv[1])
 n = int(sys.argv[2])
 x = np.random.default_rng(0).uniform(500, 4000, (32, 4, 64, 64)).astype(np.float32)
+if batch_layout(b):  # the layout predict reads for it
+    x = np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 1, -1)), -1, 1)
 b(x)
 t = time.perf_counter()
 for _ in range(n // 32):
@@ -182,7 +184,7 @@ def main() -> None:
         command = [cli, "predict", "--image", str(scene), "--overwrite", "-q"]
         runs = {  # name: (arguments, whether the child prints its own seconds)
             "read": ([py, "-c", READ, str(scene)], True),
-            # eager torch (the bundle alone) and ONNX Runtime (auto, with model.onnx inside)
+            # the torch backend (the bundle alone) and ONNX Runtime (auto, with model.onnx)
             "model": ([py, "-c", MODEL, str(weights), str(tiles)], True),
             "model_ort": ([py, "-c", MODEL, str(with_onnx), str(tiles)], True),
             "inprocess": (

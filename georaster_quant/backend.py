@@ -2,8 +2,8 @@
 
 Every backend takes raw values in the model's band order with nodata already replaced by the
 fill values; normalization happens inside the model (DESIGN's one rule). A bundle folder runs
-on eager PyTorch; an exported ``.pt`` file on TorchScript; an ``.onnx`` file on ONNX Runtime,
-which never imports torch.
+on PyTorch (static INT8 models traced and frozen); an exported ``.pt`` file on TorchScript; an
+``.onnx`` file on ONNX Runtime, which never imports torch.
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ def _run_on(torch: Any, engine: str | None) -> None:
 
     A frozen INT8 model still consults it as it runs: with fbgemm's selected, a frozen model
     packed for oneDNN took 1.56 ms per batch of 32 instead of 0.62. It is process-wide, so a
-    backend sets it before each batch, for the case of models of two engines in one process.
+    backend sets it before each batch, for the case of models of two engines in one process
+    (one after the other: threads running both at once may still run one on the other's).
     """
     if engine is not None and torch.backends.quantized.engine != engine:
         torch.backends.quantized.engine = engine
@@ -116,7 +117,7 @@ def batch_layout(backend: Backend) -> bool:
 
 
 class TorchBackend:
-    """PyTorch on a loaded bundle (FP32, FP16 or INT8): eager, static INT8 models traced."""
+    """PyTorch on a loaded bundle (FP32, FP16 or INT8): eager; static INT8 traced and frozen."""
 
     name = "torch"
 
@@ -129,6 +130,7 @@ class TorchBackend:
         self.size_bytes = bundle.size_bytes
         self._engine = bundle.engine
         self.model = bundle.model
+        _run_on(torch, self._engine)  # traced and frozen on its own kernels
         if self.meta.quant_type in STATIC_TYPES:
             # In the form inference runs, traced and frozen: the per-channel INT8 model then
             # ran a batch of 32 in 0.55 ms against 0.87 eager (docs/export.md); both steps
@@ -282,7 +284,7 @@ def open_backend(
     ``auto`` follows docs/export.md's measurements: ONNX Runtime is the fastest FP32 path and
     starts 3.5x faster than torch, which runs INT8 batches faster (on oneDNN kernels) but not
     ``predict`` runs, so a bundle folder holding an up-to-date ``model.onnx`` runs on it;
-    otherwise a bundle runs on eager torch, a ``.pt`` file on TorchScript and an ``.onnx``
+    otherwise a bundle runs on torch, a ``.pt`` file on TorchScript and an ``.onnx``
     file on ONNX Runtime.
     """
     if backend not in BACKENDS:

@@ -268,7 +268,8 @@ def frozen(module: Any) -> Any:
 
     Freezing a traced per-channel INT8 model took its batch of 32 from 0.66 to 0.55 ms here
     (docs/export.md). Frozen INT8 weights stay packed for the kernels they were loaded on, so
-    exported files are saved unfrozen (except FP32 ones) and frozen where they load.
+    static INT8 files are saved unfrozen and frozen where they load; FP32 files are saved
+    frozen; FP16 and dynamic INT8 ones are not frozen.
     """
     import torch
 

@@ -71,7 +71,7 @@ class RowBuffer:
 
     def _drop_before(self, r0: int) -> None:
         """Drop rows above ``r0`` (no later strip needs them); keep the rest at the top."""
-        off = r0 - self.start
+        off = r0 - self.start  # > 0: the capacity covers any one span from its first row
         for rows in [*self._row_major, self.valid]:
             # In steps of at most ``off`` rows, so source and target never overlap and no
             # temporary copy is made.
