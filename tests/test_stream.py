@@ -42,8 +42,10 @@ def raster(request, make_tif) -> tuple[Path, np.ndarray]:
     return make_tif(f"{request.param}.tif", array, nodata=0, **LAYOUTS[request.param]), array
 
 
-def collect(reader: RasterReader, grid: TileGrid, batch_size: int) -> list[TileBatch]:
-    return list(iter_batches(reader, grid, FILL, batch_size))
+def collect(
+    reader: RasterReader, grid: TileGrid, batch_size: int, channels_last: bool = False
+) -> list[TileBatch]:
+    return list(iter_batches(reader, grid, FILL, batch_size, channels_last=channels_last))
 
 
 def symmetric(array: np.ndarray, pad: int) -> np.ndarray:
@@ -225,14 +227,15 @@ def test_row_buffer_holds_a_strip_and_the_block_rows_covering_it(raster, stride:
         assert TILE <= held < TILE + block_rows
 
 
-def test_small_raster_and_one_pixel_raster(make_tif) -> None:
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_small_raster_and_one_pixel_raster(make_tif, channels_last: bool) -> None:
     """A raster smaller than one tile is one cell whose tile mirrors the whole raster."""
     for shape in [(20, 30), (1, 1), (1, 9)]:
         array = (np.arange(3 * shape[0] * shape[1]).reshape(3, *shape) + 1).astype("uint16")
         path = make_tif(f"small_{shape[0]}x{shape[1]}.tif", array, tiled=False, blocksize=1)
         grid = TileGrid(*shape, tile_size=TILE, stride=32)
         with RasterReader(path) as reader:
-            batches = collect(reader, grid, batch_size=8)
+            batches = collect(reader, grid, batch_size=8, channels_last=channels_last)
         data = np.concatenate([b.data for b in batches])
         assert data.shape == (len(grid), 3, TILE, TILE)
         pad = TILE + 1
@@ -242,8 +245,9 @@ def test_small_raster_and_one_pixel_raster(make_tif) -> None:
         assert np.all(np.concatenate([b.valid_fraction for b in batches]) == 1)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("stride", [64, 13])  # (stride 16 happens to be exact at 200x150)
-def test_edge_tiles_mirror_the_raster_like_numpy(make_tif, stride: int) -> None:
+def test_edge_tiles_mirror_the_raster_like_numpy(make_tif, stride: int, channels_last) -> None:
     height, width = 200, 150
     array = scene(height, width)
     array[array == 0] = 7  # all valid: only the mirroring is under test
@@ -252,7 +256,8 @@ def test_edge_tiles_mirror_the_raster_like_numpy(make_tif, stride: int) -> None:
     pad = TILE + 1
     padded = symmetric(array.astype(np.float32), pad)
     with RasterReader(path) as reader:
-        data = np.concatenate([b.data for b in collect(reader, grid, batch_size=64)])
+        batches = collect(reader, grid, batch_size=64, channels_last=channels_last)
+    data = np.concatenate([b.data for b in batches])
     expected = np.stack([cut(padded, pad, t.window) for t in grid])
     np.testing.assert_array_equal(data, expected)
 
@@ -319,3 +324,24 @@ def test_row_buffer_drops_rows_without_losing_the_kept_ones(make_tif) -> None:
                 raw, valid = buffer.rows(r0, r1)
                 np.testing.assert_array_equal(raw, array[:, r0:r1])
                 assert valid.all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_channels_last_batches_of_float_and_signed_rasters(make_tif, dtype: str) -> None:
+    """NaN nodata (float) and negative values (int8) come through interleaving unchanged."""
+    array = scene(90, 100).astype(dtype if dtype != "int8" else "int16")
+    if dtype == "float32":
+        array[0, 10:20, 10:20] = np.nan
+        nodata = float("nan")
+    else:
+        array = (array % 200 - 100).astype("int8")
+        nodata = None
+    path = make_tif(f"{dtype}.tif", array, nodata=nodata)
+    grid = TileGrid(90, 100, tile_size=TILE, stride=32)
+    with RasterReader(path) as reader:
+        plain = np.concatenate([b.data for b in collect(reader, grid, 4)])
+    with RasterReader(path) as reader:
+        interleaved = collect(reader, grid, 4, channels_last=True)
+    assert all(_channels_last(b.data) for b in interleaved)
+    np.testing.assert_array_equal(np.concatenate([b.data for b in interleaved]), plain)
+    assert not np.isnan(plain).any()
