@@ -9,14 +9,13 @@ import warnings
 import numpy as np
 import torch
 
+from georaster_quant.io import to_physical
 from georaster_quant.quantize import quiet
 
 
 def in_layout(batch, channels_last):
     """``batch`` as ``predict`` hands it to a backend: band-interleaved if the backend asks."""
-    if not channels_last:
-        return batch
-    return np.moveaxis(np.ascontiguousarray(np.moveaxis(batch, 1, -1)), -1, 1)
+    return to_physical(batch, channels_last=True) if channels_last else batch
 
 
 def timings(runners, batch, repeats, block=5):

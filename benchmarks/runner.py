@@ -36,11 +36,11 @@ print(time.perf_counter() - t)
 MODEL = """
 import sys, time, numpy as np
 from georaster_quant.backend import batch_layout, open_backend
+from georaster_quant.io import to_physical
 b = open_backend(sys.argv[1])
 n = int(sys.argv[2])
 x = np.random.default_rng(0).uniform(500, 4000, (32, 4, 64, 64)).astype(np.float32)
-if batch_layout(b):  # the layout predict reads for it
-    x = np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 1, -1)), -1, 1)
+x = to_physical(x, channels_last=batch_layout(b))  # the layout predict reads for it
 b(x)
 t = time.perf_counter()
 for _ in range(n // 32):

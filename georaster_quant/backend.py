@@ -83,15 +83,6 @@ def _torch_batch(torch: Any, batch: np.ndarray, fp32_convolutions: bool) -> Any:
     return x.contiguous(memory_format=torch.channels_last) if fp32_convolutions else x
 
 
-def _torch_probabilities(torch: Any, logits: Any) -> np.ndarray:
-    """Softmax of a torch model's logits, taken in torch.
-
-    NumPy's softmax of the same 32 x 6 logits cost 60 µs right after an INT8 batch, against
-    7 µs on its own, while torch's OpenMP threads were still spinning; torch's took 25 µs.
-    """
-    return torch.softmax(logits.float(), 1).numpy()
-
-
 def _run_on(torch: Any, engine: str | None) -> None:
     """Make ``engine`` the process's quantized engine, if it is not already (None: no INT8).
 
@@ -104,19 +95,54 @@ def _run_on(torch: Any, engine: str | None) -> None:
         torch.backends.quantized.engine = engine
 
 
-def _warm_up(backend: Any) -> None:
-    """Run a torch backend's static INT8 model once on :data:`WARM_UP_TILES` zero tiles."""
-    t = backend.meta.input.tile_size
-    zeros = np.zeros((WARM_UP_TILES, t, t, len(backend.meta.input.bands)), np.float32)
-    backend(np.moveaxis(zeros, -1, 1))  # channels-last, as predict hands it
-
-
 def batch_layout(backend: Backend) -> bool:
     """``backend.channels_last``, False for backends that do not say."""
     return bool(getattr(backend, "channels_last", False))
 
 
-class TorchBackend:
+class _TorchRun:
+    """What both torch backends do with their model.
+
+    Its batch layout, its own quantized engine before each batch, and probabilities taken in
+    torch.
+    """
+
+    def _setup(
+        self, torch: Any, meta: BundleMeta, engine: str | None, threads: int | None, quiet: Any
+    ) -> None:
+        self._torch, self.meta, self._engine, self._quiet = torch, meta, engine, quiet
+        self.channels_last = _channels_last(meta)
+        self._fp32_convolutions = _fp32_convolutions(meta)
+        torch.set_num_threads(threads or available_cores())
+        _run_on(torch, engine)  # INT8 weights pack, trace and freeze for its kernels
+
+    def _run(self, model: Any) -> None:
+        """Run ``model`` from now on; a static INT8 one (TorchScript by now) frozen, warmed up.
+
+        The warm-up is :data:`WARM_UP_TILES` zero tiles, channels-last as ``predict`` hands
+        them.
+        """
+        self.model = model
+        if self.meta.quant_type in STATIC_TYPES:
+            from georaster_quant.export import frozen
+
+            self.model = frozen(model)
+            t = self.meta.input.tile_size
+            zeros = np.zeros((WARM_UP_TILES, t, t, len(self.meta.input.bands)), np.float32)
+            self(np.moveaxis(zeros, -1, 1))
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Softmax probabilities of the model."""
+        torch = self._torch
+        _run_on(torch, self._engine)
+        with self._quiet(), torch.inference_mode():
+            logits = self.model(_torch_batch(torch, batch, self._fp32_convolutions))
+            # In torch: NumPy's softmax of the 32 x 6 logits cost 60 µs right after an INT8
+            # batch (7 µs on its own) while torch's OpenMP threads still spun; torch's 25 µs.
+            return torch.softmax(logits.float(), 1).numpy()
+
+
+class TorchBackend(_TorchRun):
     """PyTorch on a loaded bundle (FP32, FP16 or INT8): eager; static INT8 traced and frozen."""
 
     name = "torch"
@@ -124,40 +150,23 @@ class TorchBackend:
     def __init__(self, bundle: Bundle, threads: int | None = None):
         import torch
 
-        self._torch = torch
-        self.bundle = bundle
-        self.meta = bundle.meta
-        self.size_bytes = bundle.size_bytes
-        self._engine = bundle.engine
-        self.model = bundle.model
-        _run_on(torch, self._engine)  # traced and frozen on its own kernels
-        if self.meta.quant_type in STATIC_TYPES:
-            # In the form inference runs, traced and frozen: the per-channel INT8 model then
-            # ran a batch of 32 in 0.55 ms against 0.87 eager (docs/export.md); both steps
-            # take some 50 ms.
-            from georaster_quant.export import frozen, traced
-
-            t = self.meta.input.tile_size
-            example = np.zeros((2, len(self.meta.input.bands), t, t), np.float32)
-            self.model = frozen(traced(bundle.model, example))
-        self.channels_last = _channels_last(self.meta)
-        self._fp32_convolutions = _fp32_convolutions(self.meta)
-        torch.set_num_threads(threads or available_cores())
-        self._quiet: Any = contextlib.nullcontext
-        if self.meta.quant_type != "fp32":  # quantized kernels warn that they are deprecated
+        quiet: Any = contextlib.nullcontext
+        if bundle.meta.quant_type != "fp32":  # quantized kernels warn that they are deprecated
             from georaster_quant.quantize import quiet
 
-            self._quiet = quiet
+        self._setup(torch, bundle.meta, bundle.engine, threads, quiet)
+        self.bundle = bundle
+        self.size_bytes = bundle.size_bytes
+        model = bundle.model
         if self.meta.quant_type in STATIC_TYPES:
-            _warm_up(self)
+            # In the form inference runs, traced (and frozen by _run): the per-channel INT8
+            # model then ran a batch of 32 in 0.55 ms against 0.87 eager (docs/export.md);
+            # both steps take some 50 ms.
+            from georaster_quant.export import traced
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """Softmax probabilities of the bundle's model."""
-        torch = self._torch
-        _run_on(torch, self._engine)
-        with self._quiet(), torch.inference_mode():
-            logits = self.model(_torch_batch(torch, batch, self._fp32_convolutions))
-            return _torch_probabilities(torch, logits)
+            t = self.meta.input.tile_size
+            model = traced(model, np.zeros((2, len(self.meta.input.bands), t, t), np.float32))
+        self._run(model)
 
 
 @contextlib.contextmanager
@@ -183,7 +192,7 @@ def _native_stderr_muted() -> Any:
         os.close(saved)
 
 
-class TorchScriptBackend:
+class TorchScriptBackend(_TorchRun):
     """A TorchScript file written by ``georaster-quant export``."""
 
     name = "torchscript"
@@ -191,35 +200,21 @@ class TorchScriptBackend:
     def __init__(self, path: str | os.PathLike[str], threads: int | None = None):
         import torch
 
-        from georaster_quant.export import frozen, read_exported_meta
+        from georaster_quant.export import read_exported_meta
         from georaster_quant.quantize import kernel_engine, quiet
 
-        self._torch = torch
-        self._quiet = quiet  # torch.jit and quantized kernels warn that they are deprecated
-        self.meta = read_exported_meta(path)
+        meta = read_exported_meta(path)
+        engine = kernel_engine(meta.quant_type, meta.quantization.engine)
+        # torch.jit and quantized kernels warn that they are deprecated
+        self._setup(torch, meta, engine, threads, quiet)
         self.size_bytes = Path(path).stat().st_size
-        self.channels_last = _channels_last(self.meta)
-        self._fp32_convolutions = _fp32_convolutions(self.meta)
-        torch.set_num_threads(threads or available_cores())
-        self._engine = kernel_engine(self.meta.quant_type, self.meta.quantization.engine)
-        _run_on(torch, self._engine)  # INT8 weights repack for it as they load
         try:
             with quiet(), _native_stderr_muted():
-                self.module = torch.jit.load(os.fspath(path), map_location="cpu").eval()
+                model = torch.jit.load(os.fspath(path), map_location="cpu").eval()
         except RuntimeError as exc:
             first = str(exc).splitlines()[0]
             raise BundleError(f"{path}: not a loadable TorchScript model ({first})") from None
-        if self.meta.quant_type in STATIC_TYPES:  # saved unfrozen, for any engine's kernels
-            self.module = frozen(self.module)
-            _warm_up(self)
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """Softmax probabilities of the scripted model."""
-        torch = self._torch
-        _run_on(torch, self._engine)
-        with self._quiet(), torch.inference_mode():
-            logits = self.module(_torch_batch(torch, batch, self._fp32_convolutions))
-            return _torch_probabilities(torch, logits)
+        self._run(model)  # static INT8 files are saved unfrozen, for any engine's kernels
 
 
 class OnnxRuntimeBackend:

@@ -19,6 +19,7 @@ from georaster_quant import errors
 from georaster_quant.backend import open_backend
 from georaster_quant.bundle import Bundle
 from georaster_quant.export import export_bundle, onnx_metadata, read_exported_meta
+from georaster_quant.io import to_physical
 from georaster_quant.quantized_bundle import QuantizeOptions, quantize_bundle
 
 pytest_plugins = ["conftest_synth"]
@@ -89,7 +90,7 @@ def test_exported_decisions_match_the_bundle(
         )
         assert (got == ref).mean() >= minimum
     # a channels-last batch (what the runner gives torch backends) decides the same
-    interleaved = np.moveaxis(np.ascontiguousarray(np.moveaxis(raw_tiles, 1, -1)), -1, 1)
+    interleaved = to_physical(raw_tiles, channels_last=True)  # as predict reads it
     np.testing.assert_array_equal(backend(interleaved).argmax(1), backend(raw_tiles).argmax(1))
 
 
@@ -105,7 +106,7 @@ def test_torch_backend_runs_int8_exactly_as_the_eager_model(int8_bundle, raw_til
     assert isinstance(backend.model, torch.jit.ScriptModule)
     with quiet(), torch.inference_mode():
         eager = torch.softmax(bundle.model(torch.from_numpy(raw_tiles)), 1).numpy()
-    interleaved = np.moveaxis(np.ascontiguousarray(np.moveaxis(raw_tiles, 1, -1)), -1, 1)
+    interleaved = to_physical(raw_tiles, channels_last=True)  # as predict reads it
     for batch in (raw_tiles, interleaved, raw_tiles[:5]):
         np.testing.assert_array_equal(backend(batch), eager[: len(batch)])
 
@@ -154,7 +155,7 @@ def test_torch_backends_feed_fp32_models_channels_last(
     # the layout changes the speed, not the decisions: same as the plain NCHW batch
     with torch.inference_mode():
         plain = bundle.model(torch.from_numpy(raw_tiles)).argmax(1).numpy()
-    interleaved = np.moveaxis(np.ascontiguousarray(np.moveaxis(raw_tiles, 1, -1)), -1, 1)
+    interleaved = to_physical(raw_tiles, channels_last=True)  # as predict reads it
     for batch in (raw_tiles, interleaved):
         assert (backend(batch).argmax(1) == plain).mean() >= 0.999
 
