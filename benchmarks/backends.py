@@ -8,7 +8,9 @@ the torch INT8 model. The INT8 bundle runs on the torch backend twice: on the ke
 here (oneDNN on AVX-512 VNNI CPUs) and on fbgemm's, the engine it was calibrated for. Timings
 alternate backends in blocks within one process; then the fastest INT8 and FP32 paths at batch
 32 on 2 threads are timed again alone, A against B alternated, for the headline ratio.
-Start-up is a whole fresh interpreter: import, load, first batch.
+Start-up is a whole fresh interpreter: import, load, first batch. Last, ``predict`` maps the
+1536² scene no test uses at stride 16 through every exported file and the torch backend, and
+counts the output cells where each agrees with the torch backend's map.
 
     python benchmarks/backends.py [--out benchmarks/results] [--repeats 20]
 """
@@ -30,6 +32,7 @@ from georaster_quant.backend import TorchBackend, open_backend
 from georaster_quant.bundle import Bundle, read_meta
 from georaster_quant.calibration import CalibrationDataReader, choose_calibration_tiles
 from georaster_quant.export import export_bundle
+from georaster_quant.predict import NODATA_CLASS
 
 STARTUP = """
 import sys, time
@@ -87,6 +90,37 @@ def ort_qdq(fp32_onnx: Path, out: Path, tiles: np.ndarray) -> Path:
         dst.metadata_props.add(key=p.key, value=p.value)
     onnx.save(dst, str(out))
     return out
+
+
+def map_agreement(
+    files: dict[str, Path], bundles: dict[str, Path], scene: Path, out: Path
+) -> dict[str, dict[str, float]]:
+    """Share of valid output cells where ``predict`` through each file agrees with torch's map."""
+    import rasterio
+
+    from georaster_quant.runner import PredictOptions, predict_raster
+
+    out.mkdir(parents=True, exist_ok=True)
+    opts = PredictOptions(stride=16, overwrite=True)
+
+    def classes(weights: Path, backend: str, name: str) -> np.ndarray:
+        path = out / f"{name.replace('/', '_')}.tif"
+        predict_raster(open_backend(weights, backend), scene, path, opts)
+        with rasterio.open(path) as src:
+            return src.read(1)
+
+    result = {}
+    for precision, bundle in bundles.items():
+        ref = classes(bundle, "torch", f"{precision}/torch")
+        valid = ref != NODATA_CLASS
+        for key, path in files.items():
+            if key.startswith(precision + "/") and not key.endswith("-qdq"):
+                got = classes(path, "auto", key)
+                result[key] = {
+                    "cells": int(valid.sum()),
+                    "agreement": float((got[valid] == ref[valid]).mean()),
+                }
+    return result
 
 
 def main() -> None:
@@ -183,6 +217,12 @@ def main() -> None:
         "startup": startup,
         "agreement_with_torch": agreement,
         "fastest_int8_vs_fastest_fp32_b32_t2": ab,
+        "predict_map_agreement_with_torch": map_agreement(
+            files,
+            {"fp32": fp32_dir, "int8": int8_dir},
+            out / "data" / "test_1536" / "scene.tif",
+            edir / "maps",
+        ),
     }
     (out / "backends.json").write_text(json.dumps(report, indent=2))
     print(
@@ -206,6 +246,9 @@ def main() -> None:
         f"the two alone, alternated in blocks of 10: {ab_ms[best['fp32']]:.2f} against "
         f"{ab_ms[best['int8']]:.2f} ms per batch, {ab['ratio']:.2f}x"
     )
+    print("\npredict, 1536² unseen scene, stride 16: cells agreeing with the torch backend's map")
+    for k, v in report["predict_map_agreement_with_torch"].items():
+        print(f"  {k}: {v['agreement']:.2%} of {v['cells']} cells")
 
 
 if __name__ == "__main__":

@@ -474,3 +474,34 @@ def test_fp16_and_dynamic_bundles_export_to_torchscript(
     if quant_type == "dynamic_int8":
         with pytest.raises(errors.ConfigError, match="TorchScript only"):
             export_bundle(bundle, "onnx", tmp_path / "m.onnx")
+
+
+def test_int8_onnx_clips_its_quantized_input(int8_bundle, raw_tiles, exported) -> None:
+    """The clip of the normalized bands runs on 8-bit values, with exactly the same results."""
+    import onnxruntime as ort
+
+    from georaster_quant.export import clip_after_quantize, torch_onnx_graph
+
+    produced_by = {}
+    for node in onnx.load(exported("int8", "onnx")).graph.node:
+        produced_by.update(dict.fromkeys(node.output, node.op_type))
+        if node.op_type == "Clip":
+            assert produced_by[node.input[0]] == "QuantizeLinear"
+    bundle = Bundle(int8_bundle)
+    before = torch_onnx_graph(bundle, raw_tiles)
+    after = onnx.ModelProto()
+    after.CopyFrom(before)
+    assert clip_after_quantize(after.graph) == 1
+    assert clip_after_quantize(after.graph) == 0  # nothing left to move
+    onnx.checker.check_model(after)
+    x = raw_tiles.copy()
+    x[:8, :, :16] = 0.0  # far below every band's clip
+    x[8:16, :, :16] = 1e6  # far above
+    x[16:24] = np.linspace(-5e4, 5e4, x[16:24].size, dtype=np.float32).reshape(x[16:24].shape)
+    runs = [
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"input": x}
+        )[0]
+        for m in (before, after)
+    ]
+    np.testing.assert_array_equal(runs[0], runs[1])
