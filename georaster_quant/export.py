@@ -337,7 +337,7 @@ def _write_onnx(bundle: Bundle, path: Path, values: dict[str, str], x: np.ndarra
 
 
 def clip_after_quantize(graph: Any) -> int:
-    """Move each float ``Clip`` that only feeds a ``QuantizeLinear`` after it; how many moved.
+    """Move each ``Clip`` that only feeds a per-tensor ``QuantizeLinear`` after it; how many.
 
     ``quantize(clip(x, lo, hi)) == clip(quantize(x), quantize(lo), quantize(hi))`` for every
     non-NaN ``x``, because quantizing keeps order; the bounds are ``QuantizeLinear`` nodes on
@@ -348,20 +348,27 @@ def clip_after_quantize(graph: Any) -> int:
     from onnx import helper
 
     nodes = list(graph.node)
+    sizes = {t.name: int(np.prod(t.dims)) for t in graph.initializer}
+    sizes.update(
+        (node.output[0], int(np.prod(node.attribute[0].t.dims)))
+        for node in nodes
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value"
+    )
     consumers: dict[str, list[int]] = {}
     for i, node in enumerate(nodes):
         for name in node.input:
             consumers.setdefault(name, []).append(i)
     outputs = {o.name for o in graph.output}
-    clip_of = {}  # index of a QuantizeLinear -> index of the Clip that feeds it alone
+    clip_of = {}  # index of a per-tensor QuantizeLinear -> index of the Clip feeding it alone
     for i, clip in enumerate(nodes):
         after = consumers.get(clip.output[0], []) if clip.op_type == "Clip" else []
         if len(after) == 1 and nodes[after[0]].op_type == "QuantizeLinear":
-            if clip.output[0] not in outputs:
+            if clip.output[0] not in outputs and sizes.get(nodes[after[0]].input[1]) == 1:
                 clip_of[after[0]] = i
+    clips = set(clip_of.values())
     rewritten = []
     for i, node in enumerate(nodes):
-        if i in clip_of.values():
+        if i in clips:
             continue
         if i not in clip_of:
             rewritten.append(node)
@@ -375,6 +382,8 @@ def clip_after_quantize(graph: Any) -> int:
             bounds.append(f"{node.output[0]}_clip_{side}" if name else "")  # "": omitted
             if name:
                 q.append(helper.make_node("QuantizeLinear", [name, *scale_zp], [bounds[-1]]))
+        for quantize in q:
+            quantize.attribute.extend(node.attribute)
         q.append(helper.make_node("Clip", [quantized, *bounds], list(node.output), clip.name))
         rewritten += q
     del graph.node[:]
