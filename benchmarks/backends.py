@@ -9,8 +9,9 @@ here (oneDNN on AVX-512 VNNI CPUs) and on fbgemm's, the engine it was calibrated
 alternate backends in blocks within one process; then the fastest INT8 and FP32 paths at batch
 32 on 2 threads are timed again alone, A against B alternated, for the headline ratio.
 Start-up is a whole fresh interpreter: import, load, first batch. Last, ``predict`` maps the
-1536² scene no test uses at stride 16 through every exported file and the torch backend, and
-counts the output cells where each agrees with the torch backend's map.
+1536² scene no test uses at stride 16 through every file ``export`` wrote (not the QDQ
+alternative, which it does not write) and the torch backend, and counts the output cells
+where each agrees with the torch backend's map.
 
     python benchmarks/backends.py [--out benchmarks/results] [--repeats 20]
 """

@@ -349,11 +349,10 @@ def clip_after_quantize(graph: Any) -> int:
 
     nodes = list(graph.node)
     sizes = {t.name: int(np.prod(t.dims)) for t in graph.initializer}
-    sizes.update(
-        (node.output[0], int(np.prod(node.attribute[0].t.dims)))
-        for node in nodes
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value"
-    )
+    for node in nodes:
+        if node.op_type == "Constant" and node.attribute:
+            value = node.attribute[0]
+            sizes[node.output[0]] = int(np.prod(value.t.dims)) if value.name == "value" else 1
     consumers: dict[str, list[int]] = {}
     for i, node in enumerate(nodes):
         for name in node.input:
@@ -362,9 +361,11 @@ def clip_after_quantize(graph: Any) -> int:
     clip_of = {}  # index of a per-tensor QuantizeLinear -> index of the Clip feeding it alone
     for i, clip in enumerate(nodes):
         after = consumers.get(clip.output[0], []) if clip.op_type == "Clip" else []
-        if len(after) == 1 and nodes[after[0]].op_type == "QuantizeLinear":
-            if clip.output[0] not in outputs and sizes.get(nodes[after[0]].input[1]) == 1:
-                clip_of[after[0]] = i
+        quantize = nodes[after[0]] if len(after) == 1 else None
+        if quantize is not None and quantize.op_type == "QuantizeLinear":
+            if quantize.input[0] == clip.output[0] and clip.output[0] not in outputs:
+                if sizes.get(quantize.input[1]) == 1 and not clip.attribute:  # opset >= 11
+                    clip_of[after[0]] = i
     clips = set(clip_of.values())
     rewritten = []
     for i, node in enumerate(nodes):

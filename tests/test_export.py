@@ -495,7 +495,7 @@ def test_int8_onnx_clips_its_quantized_input(int8_bundle, raw_tiles, exported) -
     assert clip_after_quantize(after.graph) == 0  # nothing left to move
     onnx.checker.check_model(after)
     x = raw_tiles.copy()
-    x[:8, :, :16] = 0.0  # far below every band's clip
+    x[:8, :, :16] = -1e6  # far below every band's clip
     x[8:16, :, :16] = 1e6  # far above
     x[16:24] = np.linspace(-5e4, 5e4, x[16:24].size, dtype=np.float32).reshape(x[16:24].shape)
     runs = [
@@ -505,3 +505,52 @@ def test_int8_onnx_clips_its_quantized_input(int8_bundle, raw_tiles, exported) -
         for m in (before, after)
     ]
     np.testing.assert_array_equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("zero_point", [np.uint8(128), np.int8(-3)])
+@pytest.mark.parametrize("bounds", [(-1.0, 1.0), (None, 1.0), (-1.0, None)])
+def test_clip_after_quantize_keeps_both_bounds(zero_point, bounds) -> None:
+    """On a graph where both bounds bite on the 8-bit values, the moved clip gives the same."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from georaster_quant.export import clip_after_quantize
+
+    consts = [numpy_helper.from_array(np.array(0.01, np.float32), "scale")]
+    consts.append(numpy_helper.from_array(np.array(zero_point), "zp"))
+    names = []
+    for side, value in zip(("lo", "hi"), bounds, strict=True):
+        names.append("" if value is None else side)
+        if value is not None:
+            consts.append(numpy_helper.from_array(np.array(value, np.float32), side))
+    graph = helper.make_graph(
+        [
+            helper.make_node("Clip", ["x", *names], ["clipped"]),
+            helper.make_node("QuantizeLinear", ["clipped", "scale", "zp"], ["q"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+        [
+            helper.make_tensor_value_info(
+                "q", helper.np_dtype_to_tensor_dtype(zero_point.dtype), ["n"]
+            )
+        ],
+        initializer=consts,
+    )
+    before = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    after = onnx.ModelProto()
+    after.CopyFrom(before)
+    assert clip_after_quantize(after.graph) == 1
+    onnx.checker.check_model(after)
+    x = np.linspace(-3, 3, 6001, dtype=np.float32)
+    q = [
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"x": x}
+        )[0]
+        for m in (before, after)
+    ]
+    np.testing.assert_array_equal(q[0], q[1])
+    # each given bound bites inside the 8-bit range, so a lost or wrong bound would show
+    z = int(zero_point)
+    assert (q[1].min() == z - 100) == (bounds[0] is not None)
+    assert (q[1].max() == z + 100) == (bounds[1] is not None)
