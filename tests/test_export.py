@@ -476,11 +476,28 @@ def test_fp16_and_dynamic_bundles_export_to_torchscript(
             export_bundle(bundle, "onnx", tmp_path / "m.onnx")
 
 
-def test_int8_onnx_clips_its_quantized_input(int8_bundle, raw_tiles, exported) -> None:
-    """The clip of the normalized bands runs on 8-bit values, with exactly the same results."""
+def _moved_clip_runs(before: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Outputs of ``before`` and of its copy with the clip moved (one), in ONNX Runtime."""
     import onnxruntime as ort
 
-    from georaster_quant.export import clip_after_quantize, torch_onnx_graph
+    from georaster_quant.export import clip_after_quantize
+
+    after = onnx.ModelProto()
+    after.CopyFrom(before)
+    assert clip_after_quantize(after.graph) == 1
+    assert clip_after_quantize(after.graph) == 0  # nothing left to move
+    onnx.checker.check_model(after)
+    return [
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, feeds
+        )[0]
+        for m in (before, after)
+    ]
+
+
+def test_int8_onnx_clips_its_quantized_input(int8_bundle, raw_tiles, exported) -> None:
+    """The clip of the normalized bands runs on 8-bit values, with exactly the same results."""
+    from georaster_quant.export import torch_onnx_graph
 
     produced_by = {}
     for node in onnx.load(exported("int8", "onnx")).graph.node:
@@ -488,22 +505,11 @@ def test_int8_onnx_clips_its_quantized_input(int8_bundle, raw_tiles, exported) -
         if node.op_type == "Clip":
             assert produced_by[node.input[0]] == "QuantizeLinear"
     bundle = Bundle(int8_bundle)
-    before = torch_onnx_graph(bundle, raw_tiles)
-    after = onnx.ModelProto()
-    after.CopyFrom(before)
-    assert clip_after_quantize(after.graph) == 1
-    assert clip_after_quantize(after.graph) == 0  # nothing left to move
-    onnx.checker.check_model(after)
     x = raw_tiles.copy()
     x[:8, :, :16] = -1e6  # far below every band's clip
     x[8:16, :, :16] = 1e6  # far above
     x[16:24] = np.linspace(-5e4, 5e4, x[16:24].size, dtype=np.float32).reshape(x[16:24].shape)
-    runs = [
-        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-            None, {"input": x}
-        )[0]
-        for m in (before, after)
-    ]
+    runs = _moved_clip_runs(torch_onnx_graph(bundle, raw_tiles), {"input": x})
     np.testing.assert_array_equal(runs[0], runs[1])
 
 
@@ -511,10 +517,7 @@ def test_int8_onnx_clips_its_quantized_input(int8_bundle, raw_tiles, exported) -
 @pytest.mark.parametrize("bounds", [(-1.0, 1.0), (None, 1.0), (-1.0, None)])
 def test_clip_after_quantize_keeps_both_bounds(zero_point, bounds) -> None:
     """On a graph where both bounds bite on the 8-bit values, the moved clip gives the same."""
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
-
-    from georaster_quant.export import clip_after_quantize
 
     consts = [numpy_helper.from_array(np.array(0.01, np.float32), "scale")]
     consts.append(numpy_helper.from_array(np.array(zero_point), "zp"))
@@ -537,18 +540,8 @@ def test_clip_after_quantize_keeps_both_bounds(zero_point, bounds) -> None:
         ],
         initializer=consts,
     )
-    before = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    after = onnx.ModelProto()
-    after.CopyFrom(before)
-    assert clip_after_quantize(after.graph) == 1
-    onnx.checker.check_model(after)
-    x = np.linspace(-3, 3, 6001, dtype=np.float32)
-    q = [
-        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-            None, {"x": x}
-        )[0]
-        for m in (before, after)
-    ]
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    q = _moved_clip_runs(model, {"x": np.linspace(-3, 3, 6001, dtype=np.float32)})
     np.testing.assert_array_equal(q[0], q[1])
     # each given bound bites inside the 8-bit range, so a lost or wrong bound would show
     z = int(zero_point)
