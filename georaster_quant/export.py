@@ -383,8 +383,8 @@ def clip_after_quantize(graph: Any) -> int:
             bounds.append(f"{node.output[0]}_clip_{side}" if name else "")  # "": omitted
             if name:
                 q.append(helper.make_node("QuantizeLinear", [name, *scale_zp], [bounds[-1]]))
-        for quantize in q:
-            quantize.attribute.extend(node.attribute)
+        for new in q:  # the quantizer's own attributes, on each of its copies
+            new.attribute.extend(node.attribute)
         q.append(helper.make_node("Clip", [quantized, *bounds], list(node.output), clip.name))
         rewritten += q
     del graph.node[:]
