@@ -253,44 +253,51 @@ class OnnxRuntimeBackend:
         return softmax(logits)
 
 
-def _exported_beside(bundle: Path) -> Path | None:
-    """The bundle's own ``model.onnx`` if it was exported from the bundle's current weights."""
-    onnx_file = bundle / "model.onnx"
-    if not onnx_file.is_file():
-        return None
+def _exported_beside(bundle: Path, kind: str = "onnxruntime") -> Path | None:
+    """The bundle's own export for backend ``kind`` if made from the weights file it holds.
+
+    The export's source checksum must match both ``bundle.json``'s record and the weights
+    file itself: a bundle whose weights were replaced is loaded by torch, which refuses it.
+    """
     import json
 
-    from georaster_quant.bundle import read_meta
-    from georaster_quant.export import EXPORT_KEY, onnx_metadata
+    from georaster_quant.bundle import read_meta, sha256_file
+    from georaster_quant.export import EXPORT_KEY, FILE_NAMES, exported_metadata
 
-    try:
-        record = json.loads(onnx_metadata(onnx_file).get(EXPORT_KEY, "{}"))
-        current = read_meta(bundle).weights_info.sha256
-    except (BundleError, ValueError):
+    exported = bundle / FILE_NAMES["onnx" if kind == "onnxruntime" else kind]
+    if not exported.is_file():
         return None
-    return onnx_file if record.get("source_weights_sha256") == current else None
+    try:
+        record = json.loads(exported_metadata(exported).get(EXPORT_KEY, "{}"))
+        weights = read_meta(bundle).weights_info
+        source = record.get("source_weights_sha256")
+        current = source == weights.sha256 == sha256_file(bundle / weights.file)
+    except (BundleError, OSError, ValueError):
+        return None
+    return exported if current else None
 
 
-def open_backend(
-    weights: str | os.PathLike[str], backend: str = "auto", threads: int | None = None
-) -> Backend:
-    """Load a bundle folder or an exported file behind the requested backend.
+def resolve_backend(weights: str | os.PathLike[str], backend: str = "auto") -> tuple[str, Path]:
+    """Which backend runs ``weights`` and on which file, without loading it.
 
     ``auto`` follows docs/export.md's measurements: ONNX Runtime is the fastest FP32 path and
     starts 3.5x faster than torch, which runs INT8 batches faster (on oneDNN kernels) but not
     ``predict`` runs, so a bundle folder holding an up-to-date ``model.onnx`` runs on it;
     otherwise a bundle runs on torch, a ``.pt`` file on TorchScript and an ``.onnx``
-    file on ONNX Runtime.
+    file on ONNX Runtime. Asked for ``onnxruntime`` or ``torchscript``, a bundle folder runs
+    its own up-to-date export for it. A backend that cannot run ``weights`` is a
+    :class:`ConfigError`.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     path = Path(weights)
     if path.is_dir() or not path.exists():
         kind = "torch"
-        if backend in ("auto", "onnxruntime") and path.is_dir():
-            exported = _exported_beside(path)
+        if backend != "torch" and path.is_dir():
+            beside = "onnxruntime" if backend == "auto" else backend
+            exported = _exported_beside(path, beside)
             if exported is not None:
-                return OnnxRuntimeBackend(exported, threads)
+                return beside, exported
     elif path.suffix == ".onnx":
         kind = "onnxruntime"
     else:
@@ -301,11 +308,24 @@ def open_backend(
             f"{weights}: a {'bundle folder' if kind == 'torch' else path.suffix + ' file'} runs "
             f"on the {kind} backend, not {backend}" + (f"; {hint}" if hint else "")
         )
+    return kind, path
+
+
+def open_backend(
+    weights: str | os.PathLike[str], backend: str = "auto", threads: int | None = None
+) -> Backend:
+    """Load a bundle folder or an exported file behind the backend :func:`resolve_backend` picks."""
+    kind, path = resolve_backend(weights, backend)
     if kind == "onnxruntime":
         return OnnxRuntimeBackend(path, threads)
     if kind == "torchscript":
         return TorchScriptBackend(path, threads)
     return TorchBackend(Bundle(path), threads=threads)
+
+
+def as_backend(model: Backend | str | os.PathLike[str]) -> Backend:
+    """``model`` itself, or the backend ``auto`` picks for a bundle folder or exported file."""
+    return open_backend(model) if isinstance(model, str | os.PathLike) else model
 
 
 def read_model_meta(weights: str | os.PathLike[str]) -> BundleMeta:
@@ -323,23 +343,28 @@ def read_model_meta(weights: str | os.PathLike[str]) -> BundleMeta:
     return read_exported_meta(path)
 
 
-_CACHE: dict[tuple[str, str, int | None], Backend] = {}
+_CACHE: dict[tuple[str, str, int | None], tuple[str | None, Backend]] = {}
 _CACHE_LOCK = threading.Lock()
 #: How many models this process has loaded through :func:`cached_backend`.
 LOADS = 0
 
 
 def cached_backend(
-    weights: str | os.PathLike[str], backend: str = "auto", threads: int | None = None
+    weights: str | os.PathLike[str],
+    backend: str = "auto",
+    threads: int | None = None,
+    version: str | None = None,
 ) -> Backend:
     """:func:`open_backend`, loaded once per process and shared by its tasks.
 
     Dask tasks call this, so each worker process loads the model once, not with every task.
+    ``version`` (the weights' checksum the client planned with) reloads a model whose files
+    were replaced at the same path since it was loaded.
     """
     global LOADS
     key = (os.path.abspath(weights), backend, threads)
     with _CACHE_LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = open_backend(weights, backend, threads)
+        if key not in _CACHE or _CACHE[key][0] != version:
+            _CACHE[key] = (version, open_backend(weights, backend, threads))
             LOADS += 1
-        return _CACHE[key]
+        return _CACHE[key][1]

@@ -54,8 +54,12 @@ def infer_rows(
     grid: TileGrid,
     rows: Sequence[int],
     opts: PredictOptions,
+    version: str | None = None,
 ) -> tuple[str, list[tuple[int, dict[str, np.ndarray]]]]:
-    """Task: classify ``rows`` of ``image`` on this worker; returns the backend's name and rows."""
+    """Task: classify ``rows`` of ``image`` on this worker; returns the backend's name and rows.
+
+    ``version`` is the weights' checksum the client planned with (see ``cached_backend``).
+    """
     import warnings
 
     from georaster_quant.backend import cached_backend
@@ -63,7 +67,7 @@ def infer_rows(
     from georaster_quant.errors import GeoRasterQuantError, RasterMismatchWarning
     from georaster_quant.runner import LocalInference
 
-    model = cached_backend(weights, backend, worker_threads())
+    model = cached_backend(weights, backend, worker_threads(), version)
     try:
         with warnings.catch_warnings():  # the client has said it once already
             warnings.simplefilter("ignore", RasterMismatchWarning)
@@ -110,6 +114,7 @@ class ClusterInference:
                 grid,
                 list(rows[i : i + size]),
                 opts,
+                self.meta.weights_info.sha256,
                 pure=False,
             )
             for i in range(0, len(rows), size)

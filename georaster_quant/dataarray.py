@@ -18,11 +18,29 @@ from georaster_quant.io import RasterInfo, to_physical, validity
 from georaster_quant.tiling import Window, mirror_take, source_window
 
 
+def _per_band(da: Any, values: Any) -> list[Any] | None:
+    """A per-band attribute (one value per band of the file) for the array's current bands.
+
+    xarray keeps attributes as they were when a selection such as ``da.isel(band=[3, 2, 1,
+    0])`` reorders the bands, but keeps the file's 1-based band numbers as the ``band``
+    coordinate (as rioxarray writes it): values are taken by that number when it indexes
+    them, else by position when there is one per band. ``None`` if neither fits.
+    """
+    if values is None:
+        return None
+    values = [values] if isinstance(values, str) or np.ndim(values) == 0 else list(values)
+    numbers = da["band"].values.tolist() if "band" in da.coords else []
+    if numbers and all(
+        isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= len(values) for n in numbers
+    ):
+        return [values[n - 1] for n in numbers]
+    return values if len(values) == da.sizes["band"] else None
+
+
 def _band_names(da: Any) -> tuple[str | None, ...]:
-    names = da.attrs.get("long_name")
-    if isinstance(names, str):
-        names = (names,)
-    if names is not None and len(names) == da.sizes["band"]:
+    """Band descriptions (``long_name``), else string band coordinates, else none."""
+    names = _per_band(da, da.attrs.get("long_name"))
+    if names is not None:
         return tuple(str(n) if n else None for n in names)
     coords = da["band"].values if "band" in da.coords else []
     if len(coords) and all(isinstance(v, str) for v in coords.tolist()):
@@ -30,12 +48,30 @@ def _band_names(da: Any) -> tuple[str | None, ...]:
     return (None,) * da.sizes["band"]
 
 
+def _scale_offset(da: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band GDAL scale and offset of the array's current bands (ones and zeros if unset).
+
+    rioxarray keeps them as ``scale_factor``/``add_offset`` when every band has the same and
+    as ``scales``/``offsets`` when they differ.
+    """
+    pairs = (("scale_factor", "scales", 1.0), ("add_offset", "offsets", 0.0))
+    out = []
+    for one, many, default in pairs:
+        raw = da.attrs.get(one, da.attrs.get(many, default))
+        values = [raw] * da.sizes["band"] if np.ndim(raw) == 0 else _per_band(da, raw)
+        if values is None:
+            raise RasterInputError(f"{name}: {len(raw)} {many} values for {da.sizes['band']} bands")
+        out.append(np.asarray(values, dtype=np.float64))
+    return out[0], out[1]
+
+
 class DataArrayReader:
     """Windowed reads of a ``(band, y, x)`` DataArray as ``(data, valid)``.
 
     Nodata comes from ``da.rio.nodata`` (or ``_FillValue``), scale/offset from the
-    ``scale_factor``/``add_offset`` attributes, the transform and CRS from ``da.rio``.
-    ``bands`` selects 1-based positions along the band dimension.
+    ``scale_factor``/``add_offset`` (or per-band ``scales``/``offsets``) attributes, the
+    transform (computed from the coordinates, so slices with a step and flips are right) and
+    CRS from ``da.rio``. ``bands`` selects 1-based positions along the band dimension.
     """
 
     def __init__(self, da: Any, bands: Sequence[int] | None = None, name: str = "<DataArray>"):
@@ -53,19 +89,20 @@ class DataArrayReader:
         if bad:
             raise BandMismatchError(f"{name}: band(s) {bad} do not exist (1..{count})")
         nodata = da.rio.nodata if da.rio.nodata is not None else da.attrs.get("_FillValue")
-        scale = np.asarray(da.attrs.get("scale_factor", 1.0), dtype=np.float64)
-        offset = np.asarray(da.attrs.get("add_offset", 0.0), dtype=np.float64)
+        self._index = [b - 1 for b in bands]
+        scale, offset = _scale_offset(da, name)
         self.scale_offset = (
             None
             if np.all(scale == 1) and np.all(offset == 0)
-            else (np.broadcast_to(scale, len(bands)), np.broadcast_to(offset, len(bands)))
+            else (scale[self._index], offset[self._index])
         )
         self._da = da
-        self._index = [b - 1 for b in bands]
         chunks = da.chunks
-        block = (chunks[1][0], chunks[2][0]) if chunks else (min(256, da.sizes["y"]), da.sizes["x"])
+        block = (
+            (max(chunks[1]), max(chunks[2])) if chunks else (min(256, da.sizes["y"]), da.sizes["x"])
+        )
         try:
-            transform = da.rio.transform()
+            transform = da.rio.transform(recalc=True)
         except Exception:  # noqa: BLE001 - no georeferencing is allowed for plain arrays
             transform = Affine.identity()
         crs = da.rio.crs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ import numpy as np
 from georaster_quant.backend import open_backend
 from georaster_quant.bundle import BundleMeta
 from georaster_quant.contract import open_input
-from georaster_quant.errors import RasterContractError
+from georaster_quant.errors import ConfigError, RasterContractError
 from georaster_quant.io import RasterReader
 from georaster_quant.metrics import confusion_matrix, summary
 from georaster_quant.predict import MIN_VALID_FRACTION, NODATA_CLASS, GridPrediction, predict_grid
@@ -53,7 +54,7 @@ class ModelScore:
 
 
 def score_models(
-    weights: Sequence[str | os.PathLike[str]],
+    weights: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
     image: str | os.PathLike[str],
     labels: str | os.PathLike[str],
     *,
@@ -63,7 +64,14 @@ def score_models(
     backend: str = "auto",
     progress: bool = False,
 ) -> tuple[list[ModelScore], np.ndarray]:
-    """Score each model on every grid cell; also returns the cells' majority labels."""
+    """Score each model on every grid cell; also returns the cells' majority labels.
+
+    ``weights`` is a list of bundle folders or exported files, or one of them.
+    """
+    if isinstance(weights, str | os.PathLike):
+        weights = [weights]
+    if not weights:
+        raise ConfigError("no models to score: give at least one bundle or exported file")
     scores: list[ModelScore] = []
     first_pred: np.ndarray | None = None
     truth: np.ndarray | None = None
@@ -97,7 +105,7 @@ def score_models(
             **summary(cm),
             "confusion": cm.tolist(),
             "classes": meta.class_names,
-            "size_bytes": model.size_bytes,
+            "size_bytes": _weights_bytes(w, meta, model.size_bytes),
             "agreement": agreement,
             "cells": int(scored.sum()),
             "stride": pred.grid.step,
@@ -106,18 +114,22 @@ def score_models(
             "batch_size": batch_size,
         }
         scores.append(ModelScore(result, pred, meta))
-    if truth is None:
-        raise ValueError("no models to score")
-    return scores, truth
+    return scores, truth  # type: ignore[return-value] - set by the first model
+
+
+def _weights_bytes(weights: str | os.PathLike[str], meta: BundleMeta, loaded: int) -> int:
+    """Bytes of a bundle's weight file (whichever backend ran it), else of the file given."""
+    folder = Path(weights)
+    return (folder / meta.weights_info.file).stat().st_size if folder.is_dir() else loaded
 
 
 def evaluate(
-    weights: Sequence[str | os.PathLike[str]],
+    weights: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
     image: str | os.PathLike[str],
     labels: str | os.PathLike[str],
     **options: Any,
 ) -> list[dict[str, Any]]:
-    """Score each model; results follow the ``evaluate --json`` schema of DESIGN.md.
+    """Score each model; results follow the ``evaluate --json`` schema (README.md).
 
     Options are those of :func:`score_models` (``stride``, ``batch_size``, ``bands``,
     ``backend``, ``progress``).

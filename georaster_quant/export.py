@@ -91,9 +91,12 @@ def read_exported_meta(path: str | os.PathLike[str]) -> BundleMeta:
     p = Path(path)
     if not p.is_file():
         raise BundleError(f"{p}: no such file")
-    if p.suffix == ".onnx":
-        return parse_metadata(p, onnx_metadata(p))
-    return parse_metadata(p, _torchscript_metadata(p))
+    return parse_metadata(p, exported_metadata(p))
+
+
+def exported_metadata(path: Path) -> dict[str, str]:
+    """The raw metadata strings of an ``.onnx`` or TorchScript file (see :func:`metadata`)."""
+    return onnx_metadata(path) if path.suffix == ".onnx" else _torchscript_metadata(path)
 
 
 #: ``ModelProto`` field numbers (onnx.proto): the graph and the metadata properties.

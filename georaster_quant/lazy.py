@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from georaster_quant.backend import read_model_meta
-from georaster_quant.errors import BandMismatchError, ConfigError
+from georaster_quant.backend import read_model_meta, resolve_backend
+from georaster_quant.contract import open_dataarray
+from georaster_quant.errors import ConfigError
 from georaster_quant.io import to_physical, validity
 from georaster_quant.predict import NODATA_CLASS, CellRows
 from georaster_quant.stream import batch_strips
@@ -31,13 +32,21 @@ CHUNK_PIXELS = 2048
 
 
 def _chunk_cells(chunks: int | None, da: Any, grid: TileGrid) -> int:
-    """Output cells per chunk side: ``chunks`` pixels, else the input's chunks, else 2048."""
-    if chunks is not None and chunks < 1:
-        raise ConfigError(f"chunks must be a positive number of pixels, got {chunks}")
+    """Output cells per chunk side: ``chunks`` pixels, else the input's chunks, else 2048.
+
+    The input's chunks are its largest ones: a slice that starts inside a chunk has a small
+    first chunk, which says nothing of the rest.
+    """
+    if chunks is not None and (not _is_int(chunks) or chunks < 1):
+        raise ConfigError(f"chunks must be a positive number of pixels, got {chunks!r}")
     if chunks is None and da.chunks:
-        chunks = max(da.chunks[1][0], da.chunks[2][0])
+        chunks = max(max(da.chunks[1]), max(da.chunks[2]))
     pixels = chunks or CHUNK_PIXELS
     return max(1, round(pixels / grid.step), math.ceil(grid.tile_size / grid.step))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 def _split(n_cells: int, per_chunk: int, grid: TileGrid) -> tuple[list[int], tuple[int, ...]]:
@@ -54,6 +63,7 @@ def _classify_block(
     *,
     weights: str,
     backend: str,
+    version: str,
     grid: TileGrid,
     row_starts: list[int],
     col_starts: list[int],
@@ -70,7 +80,7 @@ def _classify_block(
     t, s = grid.tile_size, grid.step
     r0, c0 = row_starts[block_id[1]], col_starts[block_id[2]]
     n_rows, n_cols = (block.shape[1] - (t - s)) // s, (block.shape[2] - (t - s)) // s
-    model = cached_backend(weights, backend, worker_threads())
+    model = cached_backend(weights, backend, worker_threads(), version)
     k = len(model.meta.classes)
     out = np.full((2 + (k if probabilities else 0), n_rows, n_cols), NODATA_CLASS, np.uint8)
     valid = validity(block, nodata)
@@ -104,10 +114,14 @@ def predict_dataarray(
 ) -> Any:
     """Classify a ``(band, y, x)`` DataArray lazily; returns an ``xarray.Dataset``.
 
-    ``da`` may be numpy- or dask-backed (e.g. ``rioxarray.open_rasterio(path, chunks=...)``);
-    nodata, scale/offset, transform and CRS come from its attributes and ``.rio``. ``bands``
-    picks 1-based positions along ``band`` in the model's order. ``chunks`` is the chunk side
-    in input pixels (default: the input's chunks, else 2048), rounded to whole output cells.
+    ``da`` may be in memory, lazily read (``rioxarray.open_rasterio(path)``) or dask-backed
+    (``open_rasterio(path, chunks=...)``); nodata, scale/offset, transform and CRS come from
+    its attributes and ``.rio``. Its bands are matched to the model's as a file's are (by
+    description when both name theirs); ``bands`` picks 1-based positions along ``band`` in
+    the model's order instead. ``chunks`` is the chunk side in input pixels (default: the
+    input's largest chunks, else 2048), rounded to whole output cells. Options and the band
+    mapping are checked here, before anything is computed; a different dtype or pixel size is
+    a :class:`~georaster_quant.errors.RasterMismatchWarning`, as for files.
 
     The Dataset has ``class`` (uint8, 255 = nodata, ``class_names`` attribute) and
     ``confidence`` (percent) on the output grid, with ``probability`` ``(class_name, y, x)``
@@ -122,24 +136,24 @@ def predict_dataarray(
     import xarray as xr
     from dask.base import tokenize
 
-    from georaster_quant.dataarray import DataArrayReader
-
     meta = read_model_meta(weights)
-    reader = DataArrayReader(da, bands, name=str(da.name or "<DataArray>"))
+    resolve_backend(weights, backend)  # an unknown or unsuitable backend fails now
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
+    reader = open_dataarray(da, meta, bands)
     info = reader.info
-    if info.count != len(meta.input.bands):
-        raise BandMismatchError(
-            f"{info.path}: has {info.count} band(s) but the model takes {len(meta.input.bands)}; "
-            "choose them with bands=[...]"
-        )
     grid = meta.input.grid(info.height, info.width, stride)
     source = reader.data
-    data = source.data if isinstance(source.data, dsa.Array) else dsa.from_array(source.values)
+    per_chunk = _chunk_cells(chunks, source, grid)
+    if source.chunks is not None:  # (``.data`` of a lazily read array would read it all)
+        data = source.data
+    else:  # read lazily, chunk by chunk, at compute time (not all of it now)
+        side = per_chunk * grid.step
+        data = source.chunk({"band": -1, "y": side, "x": side}).data
     n_rows, n_cols = grid.shape
     before, after = grid.halo
     rows = mirror_index(np.arange(-before, n_rows * grid.step + after), info.height)
     cols = mirror_index(np.arange(-before, n_cols * grid.step + after), info.width)
-    per_chunk = _chunk_cells(chunks, source, grid)
     row_starts, row_sizes = _split(n_rows, per_chunk, grid)
     col_starts, col_sizes = _split(n_cols, per_chunk, grid)
     padded = data[:, rows][:, :, cols].rechunk((-1, row_sizes, col_sizes))
@@ -158,6 +172,7 @@ def predict_dataarray(
             _classify_block,
             weights=weights_path,
             backend=backend,
+            version=meta.weights_info.sha256,
             grid=grid,
             row_starts=row_starts,
             col_starts=col_starts,

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from georaster_quant.backend import Backend, batch_layout
+from georaster_quant.backend import Backend, as_backend, batch_layout
 from georaster_quant.contract import open_input
 from georaster_quant.errors import BandMismatchError, RasterContractError
 from georaster_quant.stream import TileBatch, iter_batches
@@ -44,7 +44,7 @@ class GridPrediction:
 
 
 def predict_grid(
-    backend: Backend,
+    backend: Backend | str | os.PathLike[str],
     image: str | os.PathLike[str] | Reader,
     *,
     stride: int | None = None,
@@ -54,11 +54,13 @@ def predict_grid(
 ) -> GridPrediction:
     """Classify every cell of ``image``'s prediction grid with ``backend``.
 
-    ``image`` is a path (opened with :func:`open_input`, so ``bands`` applies) or an open
-    reader whose bands are already in the model's order.
+    ``backend`` is a loaded backend, or a bundle folder or exported file to load. ``image`` is
+    a path (opened with :func:`open_input`, so ``bands`` applies) or an open reader whose
+    bands are already in the model's order.
     """
     from georaster_quant.progress import progress_bar
 
+    backend = as_backend(backend)
     meta = backend.meta
     if isinstance(image, str | os.PathLike):
         with open_input(image, meta, bands) as reader:
@@ -188,7 +190,8 @@ def disagreement_map(a: Any, b: Any) -> Any:
     an FP32 and an INT8 bundle on the same scene, to see where quantization changed decisions.
     """
     a, b = (x["class"] if hasattr(x, "data_vars") else x for x in (a, b))
-    if hasattr(a, "dims") and hasattr(b, "dims"):  # xarray would silently keep the overlap
+    xarray_maps = hasattr(a, "dims") and hasattr(b, "dims")
+    if xarray_maps:  # xarray would silently keep the overlap
         import xarray as xr
 
         if not _same_grid(a, b):
@@ -197,5 +200,19 @@ def disagreement_map(a: Any, b: Any) -> Any:
                 "one scene at one stride"
             )
         a, b = xr.align(a, b, join="override")  # coordinates equal up to rounding
+    elif np.shape(a) != np.shape(b):
+        raise RasterContractError(
+            f"the two maps differ in shape ({np.shape(a)} and {np.shape(b)}); compare maps of "
+            "one scene at one stride"
+        )
     nodata = (a == NODATA_CLASS) | (b == NODATA_CLASS)
-    return (a != b).astype(np.uint8) | nodata.astype(np.uint8) * np.uint8(NODATA_CLASS)
+    diff = (a != b).astype(np.uint8) | nodata.astype(np.uint8) * np.uint8(NODATA_CLASS)
+    if xarray_maps:  # its own meaning, not the class map's
+        diff = diff.rename("decision_changed")
+        diff.attrs = {
+            "long_name": "decision_changed",
+            "flag_values": [0, 1],
+            "flag_meanings": "agree differ",
+            "_FillValue": NODATA_CLASS,
+        }
+    return diff

@@ -31,7 +31,7 @@ import numpy as np
 
 from georaster_quant import __version__
 from georaster_quant.area import PixelArea
-from georaster_quant.backend import Backend, batch_layout
+from georaster_quant.backend import Backend, as_backend, batch_layout
 from georaster_quant.bundle import BundleMeta
 from georaster_quant.contract import open_input
 from georaster_quant.errors import ConfigError, GeoRasterQuantError, OutputPathError
@@ -360,18 +360,21 @@ def _stop_reader(thread: threading.Thread, q: queue.Queue, stop: threading.Event
 
 
 def predict_raster(
-    model: Backend | Inference,
+    model: Backend | Inference | str | os.PathLike[str],
     image: str | os.PathLike[str],
     output: str | os.PathLike[str],
     opts: PredictOptions = PredictOptions(),
 ) -> dict[str, Any]:
     """Classify ``image`` into the class map ``output``; returns the run summary.
 
-    ``model`` is a backend (run here) or an :class:`Inference`, e.g. a dask cluster's
+    ``model`` is a backend (run here), a bundle folder or exported file (loaded with the
+    backend ``auto`` picks) or an :class:`Inference`, e.g. a dask cluster's
     (:class:`georaster_quant.cluster.ClusterInference`).
     """
     from georaster_quant.progress import progress_bar
 
+    if not isinstance(opts, PredictOptions):
+        raise ConfigError(f"options must be a PredictOptions, not {type(opts).__name__}")
     t0 = time.perf_counter()
     image = os.fspath(image)
     out = Path(output)
@@ -483,12 +486,16 @@ def _from_log(
     return whole, cells, cells.decided_prefix(rest[0]) if rest else 0
 
 
-def _inference(model: Backend | Inference) -> Inference:
-    return model if hasattr(model, "rows") else LocalInference(model)  # type: ignore[arg-type,return-value]
+def _inference(model: Backend | Inference | str | os.PathLike[str]) -> Inference:
+    if hasattr(model, "rows"):
+        return model  # type: ignore[return-value]
+    return LocalInference(as_backend(model))  # type: ignore[arg-type]
 
 
 def run_signature(
-    model: Backend | Inference, image: str | os.PathLike[str], opts: PredictOptions
+    model: Backend | Inference | str | os.PathLike[str],
+    image: str | os.PathLike[str],
+    opts: PredictOptions,
 ) -> str:
     """The ``run_signature`` :func:`predict_raster` records for this run.
 

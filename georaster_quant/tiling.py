@@ -90,6 +90,8 @@ class TileGrid:
             raise ConfigError(f"raster size must be positive, got {self.height}x{self.width}")
         if self.tile_size < 1:
             raise ConfigError(f"tile size must be positive, got {self.tile_size}")
+        if isinstance(self.stride, bool) or not isinstance(self.stride, int | np.integer):
+            raise ConfigError(f"stride must be a whole number of pixels, got {self.stride!r}")
         if not 1 <= self.step <= self.tile_size:
             raise ConfigError(
                 f"stride must be between 1 and the tile size {self.tile_size}, got {self.stride}"

@@ -453,7 +453,19 @@ def test_auto_prefers_an_up_to_date_onnx_export_inside_the_bundle(bundle_copy, r
     assert open_backend(bundle_copy, "torch").name == "torch"
     ref = open_backend(bundle_copy, "torch")(raw_tiles).argmax(1)
     assert (open_backend(bundle_copy)(raw_tiles).argmax(1) == ref).mean() >= 0.999
-    # Weights changed after the export: the stale model.onnx is ignored.
+    # The bundle's own TorchScript export runs when asked for by name.
+    export_bundle(bundle_copy, "torchscript")
+    assert open_backend(bundle_copy, "torchscript").name == "torchscript"
+    # A weights file replaced after the export: the stale exports are not run, and torch
+    # refuses the bundle whose weights no longer match its record.
+    weights = bundle_copy / "weights.pt"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(errors.BundleError, match="checksum"):
+        open_backend(bundle_copy)
+    with pytest.raises(errors.ConfigError, match="export it first"):
+        open_backend(bundle_copy, "torchscript")
+    # So is a record changed after the export (weights retrained in place, say).
     meta = json.loads((bundle_copy / "bundle.json").read_text())
     meta["weights"]["sha256"] = "0" * 64
     (bundle_copy / "bundle.json").write_text(json.dumps(meta))

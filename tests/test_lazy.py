@@ -13,7 +13,14 @@ import georaster_quant.accessor  # noqa: F401 - registers .gq
 from georaster_quant import backend as backend_module
 from georaster_quant.backend import open_backend
 from georaster_quant.bundle import Bundle
-from georaster_quant.errors import BandMismatchError, ConfigError, RasterContractError
+from georaster_quant.errors import (
+    BandMismatchError,
+    ConfigError,
+    GeoRasterQuantError,
+    RasterContractError,
+    RasterInputError,
+    RasterMismatchWarning,
+)
 from georaster_quant.lazy import predict_dataarray
 from georaster_quant.predict import NODATA_CLASS, disagreement_map, predict_grid
 from georaster_quant.runner import PredictOptions, predict_raster
@@ -126,7 +133,7 @@ def test_band_selection_and_mismatch(trained_bundle, small_scene, three_band_sce
     da = rioxarray.open_rasterio(small_scene[0])
     with pytest.raises(BandMismatchError, match="takes 4"):
         predict_dataarray(rioxarray.open_rasterio(three_band_scene[0]), trained_bundle)
-    with pytest.raises(BandMismatchError, match="do not exist"):
+    with pytest.raises(BandMismatchError, match=r"band\(s\) \[9\]"):
         predict_dataarray(da, trained_bundle, bands=[1, 2, 3, 9])
     reordered = da.isel(band=[3, 2, 1, 0])
     a = predict_dataarray(da, trained_bundle).compute()
@@ -219,3 +226,124 @@ def test_lazy_keys_follow_nodata_attributes(trained_bundle, holed_scene):
     a = predict_dataarray(da, trained_bundle, stride=32)
     b = predict_dataarray(da.rio.write_nodata(7), trained_bundle, stride=32)
     assert a["class"].data.name != b["class"].data.name
+
+
+def test_georeferencing_follows_the_coordinates(trained_bundle, holed_scene, tmp_path):
+    # A flip (south-up) and a decimation leave rioxarray's cached GeoTransform stale; the map
+    # must follow the coordinates, as a file written from the same array would.
+    da = rioxarray.open_rasterio(holed_scene, chunks=128)
+    for name, view in {
+        "south_up": da.isel(y=slice(None, None, -1)),
+        "every_2nd": da.isel(y=slice(None, None, 2), x=slice(None, None, 2)),
+    }.items():
+        path = tmp_path / f"{name}.tif"
+        view.rio.to_raster(path)
+        ref, transform, _ = runner_map(trained_bundle, path, tmp_path, 16)
+        ds = predict_dataarray(view, trained_bundle, stride=16)
+        assert ds.rio.transform() == transform, name
+        np.testing.assert_array_equal(ds["class"].values, ref[0])
+
+
+def test_bands_follow_descriptions_and_per_band_scales(trained_bundle, small_scene, make_tif):
+    da = rioxarray.open_rasterio(small_scene[0])
+    expected = predict_dataarray(da, trained_bundle, stride=32).compute()["class"].values
+    raw = da.values
+    names = list(da.attrs["long_name"])
+    order = [3, 0, 2, 1]  # the file's bands in another order, named
+    scales, offsets = [2.0, 1.0, 4.0, 1.0], [0.0, 100.0, 0.0, -50.0]
+    stored = np.stack([(raw[b] - offsets[i]) / scales[i] for i, b in enumerate(order)]).astype(
+        "float32"
+    )
+    path = make_tif(
+        "permuted.tif", stored, scales=scales, offsets=offsets,
+        descriptions=[names[b] for b in order],
+    )  # fmt: skip
+    permuted = rioxarray.open_rasterio(path, chunks=128)
+    assert "scales" in permuted.attrs  # rioxarray's form for scales that differ by band
+    got = predict_dataarray(permuted, trained_bundle, stride=32)
+    np.testing.assert_array_equal(got["class"].values, expected)
+    # A selection that reorders the bands keeps xarray's old attributes; still matched.
+    back = permuted.isel(band=[1, 3, 2, 0])
+    got = predict_dataarray(back, trained_bundle, stride=32)
+    np.testing.assert_array_equal(got["class"].values, expected)
+
+
+def test_a_lazily_read_array_is_not_read_to_build_the_graph(
+    trained_bundle, small_scene, monkeypatch
+):
+    from rioxarray._io import RasterioArrayWrapper
+
+    reads = []
+    real = RasterioArrayWrapper._getitem
+
+    def counted(self, key):
+        reads.append(key)
+        return real(self, key)
+
+    monkeypatch.setattr(RasterioArrayWrapper, "_getitem", counted)
+    da = rioxarray.open_rasterio(small_scene[0])  # no chunks: xarray's lazy indexing
+    ds = predict_dataarray(da, trained_bundle, stride=32, chunks=256)
+    assert reads == []
+    ref = predict_grid(open_backend(trained_bundle), small_scene[0], stride=32).classes
+    np.testing.assert_array_equal(ds["class"].values, ref)
+    assert len(reads) > 1  # read chunk by chunk
+
+
+def test_chunks_follow_the_inputs_largest(trained_bundle):
+    import dask.array as dsa
+
+    side = 1024
+    data = dsa.zeros((4, side, side), dtype="uint16", chunks=(4, 256, 256))
+    da = xr.DataArray(data, dims=("band", "y", "x")).rio.write_crs("EPSG:32633")
+    da = da.assign_coords(y=5e6 - 10 * np.arange(side), x=5e5 + 10 * np.arange(side))
+    shifted = da.isel(y=slice(250, None), x=slice(250, None))  # first chunks 6 pixels
+    ds = predict_dataarray(shifted, trained_bundle)
+    assert ds["class"].data.numblocks == (4, 4)
+
+
+def test_bad_options_fail_before_any_work(trained_bundle, small_scene):
+    da = rioxarray.open_rasterio(small_scene[0], chunks=128)
+    for options, match in [
+        ({"backend": "nonsense"}, "unknown backend"),
+        ({"backend": "torchscript"}, "runs on the torch backend"),
+        ({"batch_size": 0}, "batch size"),
+        ({"chunks": "auto"}, "chunks"),
+        ({"stride": 2.5}, "whole number"),
+        ({"bands": ["blue", "green", "red", "nir"]}, "bands"),
+    ]:
+        with pytest.raises(GeoRasterQuantError, match=match):
+            predict_dataarray(da, trained_bundle, **options)
+    with pytest.raises(RasterInputError, match="DataArray"):
+        predict_dataarray(da.to_dataset(name="scene"), trained_bundle)
+
+
+def test_a_dataarray_that_differs_from_training_warns(trained_bundle, small_scene):
+    da = rioxarray.open_rasterio(small_scene[0]).astype("float32")
+    with pytest.warns(RasterMismatchWarning, match="float32"):
+        predict_dataarray(da, trained_bundle)
+
+
+def test_a_replaced_bundle_is_reloaded(bundle_copy, int8_bundle, small_scene):
+    import shutil
+
+    da = rioxarray.open_rasterio(small_scene[0], chunks=256)
+    fp32 = predict_dataarray(da, bundle_copy, stride=16)["confidence"].values
+    shutil.rmtree(bundle_copy)
+    shutil.copytree(int8_bundle, bundle_copy)  # new weights at the same path
+    again = predict_dataarray(da, bundle_copy, stride=16)["confidence"].values
+    int8 = predict_dataarray(da, int8_bundle, stride=16)["confidence"].values
+    np.testing.assert_array_equal(again, int8)
+    assert not np.array_equal(again, fp32)
+
+
+def test_disagreement_map_has_its_own_meaning(trained_bundle, int8_bundle, holed_scene):
+    da = rioxarray.open_rasterio(holed_scene, chunks=128)
+    diff = disagreement_map(
+        predict_dataarray(da, trained_bundle, stride=32),
+        predict_dataarray(da, int8_bundle, stride=32),
+    )
+    assert diff.name == "decision_changed" and diff.attrs["flag_meanings"] == "agree differ"
+    assert "class_names" not in diff.attrs and diff.rio.nodata == NODATA_CLASS
+    assert diff.rio.crs is not None
+    with pytest.raises(RasterContractError, match="shape"):
+        disagreement_map(np.zeros((3, 3), np.uint8), np.zeros((4, 4), np.uint8))

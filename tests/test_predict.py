@@ -11,6 +11,7 @@ import rasterio
 from synth_helpers import run_cli
 
 from georaster_quant.backend import open_backend
+from georaster_quant.errors import ConfigError
 from georaster_quant.export import export_bundle
 from georaster_quant.predict import predict_grid
 from georaster_quant.runner import (
@@ -169,6 +170,16 @@ def test_the_runner_reads_the_batch_layout_the_backend_asks_for(
         assert recording.layouts == {channels_last}
         maps[channels_last] = read(out)[0]
     np.testing.assert_array_equal(maps[False], maps[True])
+
+
+def test_the_python_runner_takes_a_bundle_path(trained_bundle, small_scene, tmp_path):
+    out = tmp_path / "map.tif"
+    predict_raster(trained_bundle, small_scene[0], out, PredictOptions(stride=32))
+    cells = predict_grid(trained_bundle, small_scene[0], stride=32)  # a path here too
+    np.testing.assert_array_equal(read(out)[0][0], cells.classes)
+    with pytest.raises(ConfigError, match="PredictOptions"):
+        predict_raster(trained_bundle, small_scene[0], tmp_path / "b.tif", {"stride": 32})
+    assert not (tmp_path / "b.tif").exists()
 
 
 def test_resume_after_an_interruption_gives_the_same_map(trained_bundle, unseen_scene, tmp_path):

@@ -220,6 +220,20 @@ def test_evaluate_on_the_training_scene_beats_chance(small_scene, trained_bundle
     assert fine["quant_type"] == "fp32" and fine["agreement"] == 1.0
 
 
+def test_evaluate_takes_one_path_and_sizes_the_bundles_weights(small_scene, bundle_copy) -> None:
+    from georaster_quant.export import export_bundle
+
+    scene, labels = small_scene
+    export_bundle(bundle_copy, "onnx")  # the bundle's own model.onnx: auto runs it
+    [res] = evaluate(bundle_copy, scene, labels)  # one path, not a list of its characters
+    assert res["backend"] == "onnxruntime"
+    assert res["size_bytes"] == (bundle_copy / "weights.pt").stat().st_size
+    [exported] = evaluate(bundle_copy / "model.onnx", scene, labels)
+    assert exported["size_bytes"] == (bundle_copy / "model.onnx").stat().st_size
+    with pytest.raises(errors.ConfigError, match="no models"):
+        evaluate([], scene, labels)
+
+
 def test_training_is_reproducible(small_scene, tmp_path: Path) -> None:
     cfg = dict(epochs=1, sample_stride=32, split_block=128, max_tiles=300, seed=3)
     a = train(*small_scene, tmp_path / "a", TrainConfig(**cfg), progress=False)
