@@ -549,11 +549,12 @@ def test_errors_have_no_traceback_but_debug_shows_one(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("Error:") and str(missing) in lines[0]
     assert "Traceback" not in done.stderr
 
-    done = run_cli_subprocess("--debug", "info", missing)
-    assert done.returncode == 2
-    assert "Traceback (most recent call last)" in done.stderr
-    assert "BundleError" in done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith("Error:")
+    for args in (("--debug", "info", missing), ("info", missing, "--debug")):
+        done = run_cli_subprocess(*args)
+        assert done.returncode == 2
+        assert "Traceback (most recent call last)" in done.stderr
+        assert "BundleError" in done.stderr
+        assert done.stderr.strip().splitlines()[-1].startswith("Error:")
 
 
 # --- outputs that --overwrite must not destroy ----------------------------------------------------

@@ -37,7 +37,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):  #
     epilog="Run 'georaster-quant COMMAND --help' for a command's options and examples.",
 )
 @click.version_option(__version__, prog_name="georaster-quant")
-@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors (anywhere on the line).")
 @click.option("-v", "--verbose", count=True, help="More log output (repeatable).")
 def cli(debug: bool, verbose: int) -> None:
     """Classify scenes in large multispectral rasters with quantized CNNs on CPUs.
@@ -93,10 +93,16 @@ _register()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI and exit with the documented exit codes."""
-    _State.debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    """Run the CLI and exit with the documented exit codes.
+
+    ``--debug`` may come anywhere on the line (it is the group's option: moved to the front).
+    """
+    args = list(argv if argv is not None else sys.argv[1:])
+    _State.debug = "--debug" in args
+    if _State.debug:
+        args = ["--debug", *(a for a in args if a != "--debug")]
     try:
-        cli.main(args=argv, prog_name="georaster-quant", standalone_mode=False)
+        cli.main(args=args, prog_name="georaster-quant", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(EXIT_FAILURE)

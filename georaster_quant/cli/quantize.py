@@ -41,7 +41,7 @@ TARGET_TYPES = tuple(t for t in QUANT_TYPES if t != "fp32")
     default="fbgemm",
     show_default=True,
     help="Engine to calibrate for (its qconfig). When an fbgemm or x86 static or QAT bundle "
-    "loads on a CPU with AVX-512 VNNI, torch runs it on oneDNN's kernels (1.6-2x faster "
+    "loads on a CPU with AVX-512 VNNI, torch runs it on oneDNN's kernels (1.5-2.9x faster "
     "here); otherwise on this engine's. GEORASTER_QUANT_INT8_ENGINE=ENGINE forces the kernels.",
 )
 @click.option(
