@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -367,16 +368,18 @@ def check_output_path(
     overwrite: bool = False,
     folder: bool = False,
     marker: str | None = None,
+    inputs: Iterable[str | os.PathLike[str]] = (),
 ) -> Path:
     """Refuse an output path that cannot be written, before any work starts.
 
     ``folder`` says whether the output is a folder (a bundle, a report) or a file; an existing
     path of the other kind is refused even with ``overwrite``. An existing folder is replaced
     only if it holds ``marker``, the file that says this tool wrote it (see
-    :func:`check_replaceable`).
+    :func:`check_replaceable`). No output may be, or hold, one of the command's ``inputs``.
     """
     out = Path(path)
     _check_parent(out)
+    check_not_an_input(out, inputs)
     if out.exists() and not overwrite:
         raise OutputPathError(f"{out}: already exists (pass --overwrite to replace it)")
     if out.exists() and out.is_dir() != folder:
@@ -387,6 +390,23 @@ def check_output_path(
     return out
 
 
+def check_not_an_input(out: Path, inputs: Iterable[str | os.PathLike[str]]) -> None:
+    """Refuse an output that is one of the inputs, or a folder that holds one.
+
+    Remote inputs and GDAL virtual paths are not local files, so no output can be one.
+    """
+    target = out.resolve()
+    for given in inputs:
+        name = os.fspath(given)
+        if "://" in name or name.startswith("/vsi"):
+            continue
+        source = Path(name).resolve()
+        if source == target:
+            raise OutputPathError(f"{out}: is the input {name}; choose another output")
+        if target in source.parents:
+            raise OutputPathError(f"{out}: holds the input {name}; choose another output")
+
+
 def _check_parent(out: Path) -> None:
     """Outputs go into existing folders: a typo in a path is an error, not a new folder tree."""
     parent = out.parent if str(out.parent) else Path(".")
@@ -394,6 +414,8 @@ def _check_parent(out: Path) -> None:
         raise OutputPathError(f"{out}: parent {parent} is a file, not a folder")
     if not parent.exists():
         raise OutputPathError(f"{out}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{out}: folder {parent} is not writable")
 
 
 def check_replaceable(folder: Path, marker: str | None) -> None:
@@ -436,25 +458,46 @@ def atomic_path(
     """Yield a temporary path beside ``path``; move it into place only on success.
 
     The temporary may be a file or a folder; a folder at ``path`` is only ever replaced by a
-    folder, and only if :func:`check_replaceable` with ``marker`` allows it. On failure the
-    temporary is removed and ``path`` is left as it was.
+    folder, and only if :func:`check_replaceable` with ``marker`` allows it. It is renamed
+    aside first and deleted only once the new one is in place, so a failure at any point
+    leaves the old folder whole (at ``path``, or at the hidden ``.NAME.*.old`` beside it if
+    the process dies between the two renames). On failure the temporary is removed and
+    ``path`` is left as it was.
     """
     out = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=f".tmp{suffix}", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    tmp.unlink()
+    tmp = _hidden_name(out, f".tmp{suffix}")
+    old = None
     try:
         yield tmp
         if out.is_dir() and not out.is_symlink():
             if not tmp.is_dir():
                 raise OutputPathError(f"{out}: is a folder; not replacing it with a file")
             check_replaceable(out, marker)
-            _remove(out)
-        os.replace(tmp, out)
+            old = _hidden_name(out, ".old")
+            os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            if old is not None:
+                os.replace(old, out)
+                old = None
+            raise
     finally:
         if tmp.exists():
             _remove(tmp)
+        if old is not None:  # the new output is in place: the old one may go, or stay hidden
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _hidden_name(out: Path, suffix: str) -> Path:
+    """A free hidden name beside ``out`` (``.NAME.XXXXXXXX{suffix}``), not created."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent)
+    except PermissionError as exc:
+        raise OutputPathError(f"{out}: cannot write in {out.parent} ({exc.strerror})") from None
+    os.close(fd)
+    os.unlink(name)
+    return Path(name)
 
 
 def _remove(path: Path) -> None:

@@ -235,7 +235,8 @@ def quantize_bundle(
     out_root = ensure_folder(output, create=False)  # made only when the bundle is written
     target = out_root / f"{meta.model_name}_{opts.quant_type}"
     if out_root.is_dir():
-        check_output_path(target, overwrite=overwrite, folder=True, marker=META_FILE)
+        inputs = [weights, *opts.data, *([opts.labels] if opts.labels else [])]
+        check_output_path(target, overwrite=overwrite, folder=True, marker=META_FILE, inputs=inputs)
 
     fp32 = Bundle(weights)
     fill = np.asarray(meta.input.fill_values, dtype=np.float32)

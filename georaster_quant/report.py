@@ -150,7 +150,10 @@ def write_report(
     folder: str | os.PathLike[str], scores: list[ModelScore], image: str, labels: str
 ) -> Path:
     """Write the figures and ``index.html`` into ``folder`` (replacing it) and return it."""
-    out = check_output_path(folder, overwrite=True, folder=True, marker=REPORT_MARKER)
+    inputs = [image, labels, *(s.result["weights"] for s in scores)]
+    out = check_output_path(
+        folder, overwrite=True, folder=True, marker=REPORT_MARKER, inputs=inputs
+    )
     with atomic_path(out, marker=REPORT_MARKER) as tmp:
         tmp.mkdir()
         (tmp / REPORT_MARKER).write_text("written by georaster-quant evaluate --report\n")

@@ -35,7 +35,7 @@ from georaster_quant.backend import Backend, as_backend, batch_layout
 from georaster_quant.bundle import BundleMeta
 from georaster_quant.contract import open_input
 from georaster_quant.errors import ConfigError, GeoRasterQuantError, OutputPathError
-from georaster_quant.io import atomic_path, check_output_path, write_raster
+from georaster_quant.io import atomic_path, check_not_an_input, check_output_path, write_raster
 from georaster_quant.predict import NODATA_CLASS, CellRows
 from georaster_quant.stream import iter_batches
 from georaster_quant.tiling import TileGrid
@@ -76,17 +76,18 @@ def sidecars(output: Path) -> tuple[Path, Path]:
     return output.with_suffix(".qml"), output.with_name(output.name + ".json")
 
 
-def check_outputs(image: str, output: Path, *, overwrite: bool) -> None:
+def check_outputs(image: str, output: Path, *, overwrite: bool, inputs: Sequence[str] = ()) -> None:
     """Refuse, before any work, a map or sidecar path that cannot be written.
 
-    None may be the input itself or an existing folder, and none may exist unless
-    ``overwrite`` (``--overwrite`` or ``--resume``) is given.
+    None may be the input, one of the run's other ``inputs`` or an existing folder, a map may
+    not be named like its own style file, and none may exist unless ``overwrite``
+    (``--overwrite`` or ``--resume``) is given.
     """
-    source = None if "://" in image else Path(image).resolve()
-    for path in (output, *sidecars(output)):
-        if path.resolve() == source:
-            raise OutputPathError(f"{path}: is the input raster itself; choose another output")
-    check_output_path(output, overwrite=overwrite)
+    if output in sidecars(output):
+        raise OutputPathError(f"{output}: is the name of the map's QGIS style; name it .tif")
+    for path in sidecars(output):
+        check_not_an_input(path, [image, *inputs])
+    check_output_path(output, overwrite=overwrite, inputs=[image, *inputs])
     for path in sidecars(output):
         if path.is_dir():
             raise OutputPathError(f"{path}: is a folder; the map's sidecar file would replace it")

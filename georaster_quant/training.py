@@ -221,7 +221,9 @@ def train(
 
     cfg = (config or TrainConfig()).resolved()
     spec = resolve_arch(cfg.arch)
-    out = check_output_path(output, overwrite=overwrite, folder=True, marker=META_FILE)
+    out = check_output_path(
+        output, overwrite=overwrite, folder=True, marker=META_FILE, inputs=[image, labels]
+    )
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)

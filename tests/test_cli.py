@@ -557,6 +557,61 @@ def test_errors_have_no_traceback_but_debug_shows_one(tmp_path: Path) -> None:
         assert done.stderr.strip().splitlines()[-1].startswith("Error:")
 
 
+@pytest.mark.parametrize(("sig", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_stopped_run_cleans_up_and_says_so(tmp_path: Path, sig: str, code: int) -> None:
+    import signal
+    import subprocess
+    import time
+
+    from synth_helpers import cli_executable
+
+    out = tmp_path / "scene"
+    proc = subprocess.Popen(
+        [*cli_executable(), "synth", str(out), "--width", "2048", "--height", "2048",
+         "--chunk", "16", "--workers", "1", "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (out.is_dir() and dot_files(out)) and time.monotonic() < deadline:
+        time.sleep(0.05)  # until it writes its temporaries
+    assert out.is_dir() and dot_files(out), "synth never started writing"
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert err.strip().splitlines()[-1].startswith(("Terminated", "Interrupted")), err
+    assert not any(out.iterdir())  # no temporaries, no partial scene
+
+
+def test_usage_errors_are_one_line(capsys, small_scene, trained_bundle, tmp_path) -> None:
+    for args in (
+        ["predict", "--weights", trained_bundle, "--image", small_scene[0],
+         "--output", tmp_path / "m.tif", "--stride", "0"],
+        ["predict", "--image", small_scene[0]],
+        ["frobnicate"],
+    ):  # fmt: skip
+        code, out, err = run(capsys, *args)
+        assert code == 2
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error:") and "--help" in lines[0], err
+
+
+def test_image_lists_and_literal_names(capsys, small_scene, trained_bundle, tmp_path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing yet\n   # indented comment\n\n")
+    code, out, err = run(
+        capsys, "predict", "--weights", trained_bundle, "--image", f"@{empty}",
+        "--output", tmp_path / "maps", "-q",
+    )  # fmt: skip
+    assert_one_line_error(code, out, err, empty, "names no raster")
+    odd = Path(shutil.copy(small_scene[0], tmp_path / "scene[1].tif"))  # glob characters
+    code, _, err = run(
+        capsys, "predict", "--weights", trained_bundle, "--image", odd,
+        "--output", tmp_path / "odd.tif", "-q",
+    )  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "odd.tif").is_file()
+
+
 # --- outputs that --overwrite must not destroy ----------------------------------------------------
 
 
@@ -567,6 +622,103 @@ def test_train_overwrite_refuses_a_folder_that_is_not_a_bundle(capsys, bad, tmp_
     code, out, err = run(capsys, *_train(bad, output=folder), "--overwrite")
     assert_one_line_error(code, out, err, folder, "did not write")
     assert (folder / "notes.txt").read_text() == "precious"
+
+
+def _copied(*paths: Path, into: Path) -> list[Path]:
+    into.mkdir(exist_ok=True)
+    return [Path(shutil.copy(p, into / p.name)) for p in paths]
+
+
+def test_no_output_may_replace_or_hold_an_input(
+    capsys, small_scene, trained_bundle, bundle_copy, tmp_path
+) -> None:
+    """Each command refuses, before any work, an output that would replace one of its inputs."""
+    scene, labels = _copied(*small_scene, into=tmp_path / "data")
+    before = {p: p.read_bytes() for p in (scene, labels)}
+    evaluate = ["evaluate", "--weights", trained_bundle, "--image", scene, "--labels", labels]
+    cases = {
+        "evaluate --json onto the image": ([*evaluate, "--json", scene], scene, "is the input"),
+        "evaluate --report around them": (
+            [*evaluate, "--report", tmp_path / "data"],
+            tmp_path / "data",
+            "holds the input",
+        ),
+        "train --overwrite around them": (
+            [
+                *_train(SimpleNamespace(scene=scene, labels=labels), output=tmp_path / "data"),
+                "--overwrite",
+            ],
+            tmp_path / "data",
+            "holds the input",
+        ),  # fmt: skip
+        "predict onto its style file": (
+            [
+                "predict",
+                "--weights",
+                trained_bundle,
+                "--image",
+                scene,
+                "--output",
+                tmp_path / "map.qml",
+            ],
+            tmp_path / "map.qml",
+            "QGIS style",
+        ),  # fmt: skip
+        "export over the bundle's weights": (
+            [
+                "export",
+                "--weights",
+                bundle_copy,
+                "--format",
+                "torchscript",
+                "--output",
+                bundle_copy / "weights.pt",
+            ],
+            bundle_copy / "weights.pt",
+            "inside the bundle",
+        ),  # fmt: skip
+    }
+    weights = (bundle_copy / "weights.pt").read_bytes()
+    for name, (args, named, needle) in cases.items():
+        code, out, err = run(capsys, *args)
+        assert code == 2, name
+        assert_one_line_error(code, out, err, named, needle)
+    assert {p: p.read_bytes() for p in (scene, labels)} == before
+    assert (bundle_copy / "weights.pt").read_bytes() == weights
+    assert not (tmp_path / "map.qml").exists()
+
+
+def test_a_batch_never_maps_over_another_input(capsys, small_scene, trained_bundle, tmp_path):
+    folder = tmp_path / "tiles"
+    [a] = _copied(small_scene[0], into=folder)
+    b = Path(shutil.copy(a, folder / "scene_classes.tif"))  # the name of a's map
+    code, out, err = run(
+        capsys, "predict", "--weights", trained_bundle, "--image", folder / "*.tif",
+        "--output", folder, "--overwrite", "-q",
+    )  # fmt: skip
+    assert_one_line_error(code, out, err, b, "is the input")
+    assert b.read_bytes() == a.read_bytes()
+
+
+def test_quantize_never_replaces_its_source_bundle(capsys, small_scene, bundle_copy, tmp_path):
+    name = json.loads((bundle_copy / "bundle.json").read_text())["model_name"]
+    source = bundle_copy.rename(tmp_path / f"{name}_fp16")  # where its fp16 bundle would go
+    before = (source / "weights.pt").read_bytes()
+    code, out, err = run(
+        capsys, "quantize", "--weights", source, "--quant-type", "fp16",
+        "--output", tmp_path, "--overwrite",
+    )  # fmt: skip
+    assert code == 2
+    assert "is the input" in err
+    assert (source / "weights.pt").read_bytes() == before
+
+
+def test_overwriting_a_bundle_leaves_no_old_copy(capsys, bad, tmp_path) -> None:
+    out = tmp_path / "m"
+    for extra in ([], ["--overwrite"]):
+        code, _, err = run(capsys, *_train(bad, output=out), "--no-onnx", *extra)
+        assert code == 0, err
+    assert dot_files(tmp_path) == []
 
 
 def test_labels_in_another_crs_are_refused(capsys, bad, tmp_path) -> None:

@@ -101,10 +101,13 @@ def command(
     from georaster_quant.io import atomic_path, check_output_path
     from georaster_quant.report import REPORT_MARKER
 
+    inputs = [image, labels, *weights]
     if json_path:
-        check_output_path(json_path, overwrite=True)
+        check_output_path(json_path, overwrite=True, inputs=inputs)
     if report_dir:
-        check_output_path(report_dir, overwrite=True, folder=True, marker=REPORT_MARKER)
+        check_output_path(
+            report_dir, overwrite=True, folder=True, marker=REPORT_MARKER, inputs=inputs
+        )
     scores, _ = score_models(
         list(weights),
         image,

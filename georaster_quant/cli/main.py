@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 import warnings
 
@@ -23,6 +25,14 @@ EXIT_FAILURE = 1
 
 class _State:
     debug = False
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that every cleanup runs as for Ctrl-C."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
@@ -101,11 +111,23 @@ def main(argv: list[str] | None = None) -> None:
     _State.debug = "--debug" in args
     if _State.debug:
         args = ["--debug", *(a for a in args if a != "--debug")]
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
-        cli.main(args=args, prog_name="georaster-quant", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(EXIT_FAILURE)
+        try:
+            cli.main(args=args, prog_name="georaster-quant", standalone_mode=False)
+        except click.exceptions.Abort as exc:  # click's form of Ctrl-C (and SIGTERM)
+            if isinstance(exc.__cause__, KeyboardInterrupt):
+                raise exc.__cause__ from None
+            click.echo("Aborted.", err=True)
+            sys.exit(EXIT_FAILURE)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+    except click.UsageError as exc:  # one line, as for every bad input
+        where = exc.ctx.command_path if exc.ctx else "georaster-quant"
+        click.echo(f"Error: {exc.format_message()} (see '{where} --help')", err=True)
+        sys.exit(EXIT_BAD_INPUT)
     except click.ClickException as exc:
         exc.show()
         sys.exit(EXIT_BAD_INPUT if exc.exit_code == 2 else exc.exit_code)
@@ -114,14 +136,20 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    except KeyboardInterrupt:
-        click.echo("Interrupted.", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        click.echo(
+            f"{'Terminated' if terminated else 'Interrupted'}; nothing was left at the output "
+            "path (an interrupted predict continues with --resume).",
+            err=True,
+        )
+        sys.exit(143 if terminated else 130)
     except Exception as exc:  # noqa: BLE001 - the last line of defence
         if _State.debug:
             traceback.print_exc()
+        first = next(iter(str(exc).strip().splitlines()), "")  # runtimes raise pages
         click.echo(
-            f"Error: unexpected failure: {type(exc).__name__}: {exc} (rerun with --debug)",
+            f"Error: unexpected failure: {type(exc).__name__}: {first} (rerun with --debug)",
             err=True,
         )
         sys.exit(EXIT_FAILURE)

@@ -11,6 +11,8 @@ import click
 from georaster_quant.config import load_config
 
 F = Callable[..., Any]
+#: The most threads ``--workers`` may ask for: beyond it a typo would fail to start threads.
+MAX_THREADS = 1024
 
 
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from georaster_quant.cli.options import (
+    MAX_THREADS,
     backend_option,
     bands_option,
     batch_size_option,
@@ -23,7 +24,10 @@ from georaster_quant.cli.options import (
 
 
 def expand_inputs(values: tuple[str, ...]) -> list[str]:
-    """``--image`` values: paths, URLs, glob patterns and ``@list.txt`` files (one per line)."""
+    """``--image`` values: paths, URLs, glob patterns and ``@list.txt`` files (one per line).
+
+    An existing file is taken as it is, even if its name has glob characters (``scene[1].tif``).
+    """
     from georaster_quant.errors import RasterInputError
 
     out: list[str] = []
@@ -32,12 +36,12 @@ def expand_inputs(values: tuple[str, ...]) -> list[str]:
             listing = Path(v[1:])
             if not listing.is_file():
                 raise RasterInputError(f"{listing}: no such list file")
-            out += [
-                ln.strip()
-                for ln in listing.read_text().splitlines()
-                if ln.strip() and not ln.startswith("#")
-            ]
-        elif "://" not in v and any(ch in v for ch in "*?["):
+            lines = [ln.strip() for ln in listing.read_text().splitlines()]
+            listed = [ln for ln in lines if ln and not ln.startswith("#")]
+            if not listed:
+                raise RasterInputError(f"{listing}: the list names no raster")
+            out += listed
+        elif "://" not in v and any(ch in v for ch in "*?[") and not Path(v).exists():
             matches = sorted(glob.glob(v))
             if not matches:
                 raise RasterInputError(f"{v}: the pattern matches no file")
@@ -93,7 +97,7 @@ def output_paths(inputs: list[str], output: str, shown: Callable[[Path], str] = 
 @batch_size_option
 @click.option(
     "--workers",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, MAX_THREADS),
     default=None,
     help="Backend threads (default: the cores this process may use).",
 )
@@ -177,7 +181,7 @@ def command(
     if len(outputs) > 1 or outputs[0].parent != Path(local).parent:
         ensure_folder(local)
     for src, out in zip(inputs, outputs, strict=True):  # checked before any work starts
-        check_outputs(src, out, overwrite=overwrite or resume)
+        check_outputs(src, out, overwrite=overwrite or resume, inputs=inputs)
     opts = PredictOptions(
         stride=stride,
         batch_size=batch_size,

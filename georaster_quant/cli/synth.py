@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import click
 
-from georaster_quant.cli.options import config_option, overwrite_option, quiet_option, show_progress
+from georaster_quant.cli.options import (
+    MAX_THREADS,
+    config_option,
+    overwrite_option,
+    quiet_option,
+    show_progress,
+)
 
 
 @click.command("synth")
@@ -29,7 +35,7 @@ from georaster_quant.cli.options import config_option, overwrite_option, quiet_o
     show_default=True,
     help="Window size rendered at a time (memory ~ chunk^2 x bands x 100 bytes per worker).",
 )
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--workers", type=click.IntRange(1, MAX_THREADS), default=2, show_default=True)
 @overwrite_option
 @quiet_option
 @config_option

@@ -6,6 +6,7 @@ import click
 
 from georaster_quant.arch import ARCHITECTURES, DEFAULT_ARCH
 from georaster_quant.cli.options import (
+    MAX_THREADS,
     config_option,
     image_option,
     labels_option,
@@ -85,7 +86,7 @@ _D = TrainConfig()
 @click.option("--seed", type=int, default=_D.seed, show_default=True)
 @click.option(
     "--workers",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, MAX_THREADS),
     default=None,
     help="Torch threads (default: the cores this process may use).",
 )
