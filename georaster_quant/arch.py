@@ -27,6 +27,15 @@ class ArchSpec:
     widths: tuple[int, ...]
     dropout: float = 0.1
 
+    def __post_init__(self) -> None:
+        sizes = (self.stem_kernel, self.stem_stride, self.stem_width, *self.widths)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
+            raise ConfigError(f"kernel, stride and widths must be positive integers: {self}")
+        if not self.widths or not isinstance(self.stem_pool, bool):
+            raise ConfigError(f"an architecture needs widths and a yes/no stem_pool: {self}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form."""
         d = asdict(self)

@@ -192,6 +192,30 @@ def _native_stderr_muted() -> Any:
         os.close(saved)
 
 
+def _probe(backend: Any, path: str | os.PathLike[str], warm_up: Any = None) -> None:
+    """Run ``warm_up`` and one zero tile, to refuse a file that does not fit its metadata.
+
+    An exported file must take the tiles and give the class scores its metadata describes; a
+    file edited or assembled by hand may not.
+    """
+    meta = backend.meta
+    bands, t, k = len(meta.input.bands), meta.input.tile_size, len(meta.classes)
+    try:
+        if warm_up is not None:
+            warm_up()
+        scores = backend(np.zeros((1, bands, t, t), np.float32))
+    except Exception as exc:  # noqa: BLE001 - runtimes raise their own types, pages long
+        first = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
+        raise BundleError(
+            f"{path}: does not run on the {bands}-band {t}x{t} tiles its metadata describes "
+            f"({first})"
+        ) from None
+    if scores.shape != (1, k):
+        raise BundleError(
+            f"{path}: gives {scores.shape[-1]} class scores, its metadata lists {k} classes"
+        )
+
+
 class TorchScriptBackend(_TorchRun):
     """A TorchScript file written by ``georaster-quant export``."""
 
@@ -214,7 +238,8 @@ class TorchScriptBackend(_TorchRun):
         except RuntimeError as exc:
             first = str(exc).splitlines()[0]
             raise BundleError(f"{path}: not a loadable TorchScript model ({first})") from None
-        self._run(model)  # static INT8 files are saved unfrozen, for any engine's kernels
+        # Static INT8 files are saved unfrozen, for any engine's kernels: frozen as they load.
+        _probe(self, path, warm_up=lambda: self._run(model))
 
 
 class OnnxRuntimeBackend:
@@ -226,7 +251,7 @@ class OnnxRuntimeBackend:
     def __init__(self, path: str | os.PathLike[str], threads: int | None = None):
         import onnxruntime as ort
 
-        from georaster_quant.export import INPUT_NAME, parse_metadata
+        from georaster_quant.export import INPUT_NAME, check_content, parse_metadata
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or available_cores()
@@ -244,8 +269,10 @@ class OnnxRuntimeBackend:
             raise BundleError(f"{path}: not a loadable ONNX model ({first})") from None
         values = self.session.get_modelmeta().custom_metadata_map
         self.meta = parse_metadata(path, values)
+        check_content(Path(path), values)
         self.size_bytes = Path(path).stat().st_size
         self._input = INPUT_NAME
+        _probe(self, path)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Softmax probabilities of the ONNX model."""

@@ -48,6 +48,20 @@ class ClassInfo(_Strict):
     name: str
     color: tuple[int, int, int]
 
+    @field_validator("name")
+    @classmethod
+    def _listable(cls, value: str) -> str:
+        if not value.strip() or "," in value:
+            raise ValueError(f"a class name must be non-empty and without commas, got {value!r}")
+        return value  # maps list the names comma-separated in their CLASSES tag
+
+    @field_validator("color")
+    @classmethod
+    def _rgb(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        if not all(0 <= c <= 255 for c in value):
+            raise ValueError(f"colour components must be 0-255, got {list(value)}")
+        return value
+
 
 class InputContract(_Strict):
     """What the model expects as input: raw values of these bands, nodata filled."""
@@ -61,6 +75,34 @@ class InputContract(_Strict):
     default_stride: int
     pixel_size: tuple[float, float] | None
     label_footprint: int
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, value: str) -> str:
+        import numpy as np
+
+        try:
+            np.dtype(value)
+        except TypeError:
+            raise ValueError(f"not a data type: {value!r}") from None
+        return value
+
+    @field_validator("pixel_size")
+    @classmethod
+    def _positive_size(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not all(v > 0 for v in value):
+            raise ValueError(f"pixel sizes must be positive, got {list(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _grid(self) -> InputContract:
+        if self.tile_size < 1 or self.label_footprint < 1:
+            raise ValueError("tile_size and label_footprint must be positive")
+        if not 1 <= self.default_stride <= self.tile_size:
+            raise ValueError(
+                f"default_stride must be 1..tile_size ({self.tile_size}), got {self.default_stride}"
+            )
+        return self
 
     def grid(self, height: int, width: int, stride: int | None = None) -> TileGrid:
         """The prediction grid of a ``height`` x ``width`` raster (default stride if None)."""
@@ -78,6 +120,14 @@ class Normalization(_Strict):
     clip: float
     stats: dict[str, Any]
 
+    @model_validator(mode="after")
+    def _usable(self) -> Normalization:
+        if not self.clip > 0:
+            raise ValueError(f"clip must be positive, got {self.clip}")
+        if not all(v > 0 for v in self.scale):
+            raise ValueError(f"scales must be positive, got {self.scale}")
+        return self
+
 
 class Architecture(_Strict):
     """How to rebuild the module."""
@@ -87,6 +137,17 @@ class Architecture(_Strict):
     in_channels: int
     num_classes: int
     tile_size: int
+
+    @field_validator("spec")
+    @classmethod
+    def _buildable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from georaster_quant.arch import ArchSpec
+
+        try:
+            ArchSpec.from_dict(value)
+        except (TypeError, KeyError, ValueError) as exc:
+            raise ValueError(f"not an architecture ({exc})") from None
+        return value
 
 
 class Quantization(_Strict):
@@ -157,6 +218,11 @@ class BundleMeta(_Strict):
         if len(self.classes) != self.architecture.num_classes:
             raise ValueError(
                 f"{len(self.classes)} classes listed, the model has {self.architecture.num_classes}"
+            )
+        if self.input.tile_size != self.architecture.tile_size:
+            raise ValueError(
+                f"input.tile_size {self.input.tile_size} differs from the architecture's "
+                f"{self.architecture.tile_size}"
             )
         return self
 

@@ -50,6 +50,41 @@ def section_model(command: click.Command) -> type:
     )
 
 
+def _by_parameter(
+    command: click.Command, section: dict[str, Any], where: str, name: str
+) -> dict[str, Any]:
+    """Keys as the command's parameter names, values in the form its options take.
+
+    A key may be the option's flag name (``image`` for ``--image``, ``json`` for ``--json``)
+    or its parameter name (``images``, ``json_path``); a single value of a repeatable option
+    becomes a list, a list for a comma-separated option (``bands: [3, 2, 1, 4]``) its text,
+    and a yes/no is refused where a number is wanted (YAML reads ``true`` as a boolean).
+    """
+    params = {p.name: p for p in command.params if p.name}
+    names = {n: n for n in params}
+    for param in params.values():
+        names.update(
+            {o.lstrip("-").replace("-", "_"): param.name for o in param.opts if o[:2] == "--"}
+        )
+    out: dict[str, Any] = {}
+    for key, value in section.items():
+        pname = names.get(str(key).replace("-", "_"), str(key).replace("-", "_"))
+        param = params.get(pname)
+        if param is not None and value is not None:
+            many = getattr(param, "multiple", False)
+            if many and not isinstance(value, list):
+                value = [value]
+            elif not many and isinstance(value, list):
+                value = ",".join(map(str, value))
+            numeric = (click.types.IntParamType, click.types.FloatParamType)
+            if isinstance(param.type, numeric) and isinstance(value, bool):
+                raise ConfigError(f"{where}option {key!r} for {name}: a number, not {value}")
+        if pname in out:
+            raise ConfigError(f"{where}option {key!r} for {name} is given twice")
+        out[pname] = value
+    return out
+
+
 def load_config(path: str | os.PathLike[str], command: click.Command) -> dict[str, Any]:
     """Read ``path`` and return the validated options for ``command``."""
     p = Path(path)
@@ -77,7 +112,7 @@ def load_config(path: str | os.PathLike[str], command: click.Command) -> dict[st
         section = raw
     if not isinstance(section, dict):
         raise ConfigError(f"{p}: section {name!r} must be a mapping of options")
-    section = {k.replace("-", "_"): v for k, v in section.items()}
+    section = _by_parameter(command, section, f"{p}: ", name)
     try:
         validated = section_model(command).model_validate(section)
     except ValidationError as exc:

@@ -81,6 +81,11 @@ def score_models(
         k = len(meta.classes)
         if stride is None:  # the first model's grid for every model
             stride = meta.input.default_stride
+        elif not 1 <= stride <= meta.input.tile_size:
+            raise ConfigError(
+                f"{w}: its {meta.input.tile_size} px tiles cannot step {stride} px (the "
+                "stride asked for, or the first model's); pass a --stride that fits every model"
+            )
         with open_input(image, meta, bands) as img:  # bands are checked first
             if truth is None:  # then the labels, before any prediction
                 with RasterReader(labels) as lab:

@@ -13,6 +13,7 @@ Runtime here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ import numpy as np
 
 from georaster_quant import __version__
 from georaster_quant.bundle import Bundle, BundleMeta, now_iso, sha256_file
-from georaster_quant.errors import BundleError, ConfigError
+from georaster_quant.errors import BundleError, ConfigError, OutputPathError
 from georaster_quant.io import atomic_path, check_output_path
 
 FORMATS = ("torchscript", "onnx")
@@ -87,11 +88,65 @@ def parse_metadata(path: str | os.PathLike[str], values: dict[str, str]) -> Bund
 
 
 def read_exported_meta(path: str | os.PathLike[str]) -> BundleMeta:
-    """Metadata of an exported file, read without torch or a runtime session."""
+    """Metadata of an exported file, read without torch or a runtime session.
+
+    The file's model content is checked against the checksum its export recorded.
+    """
     p = Path(path)
     if not p.is_file():
         raise BundleError(f"{p}: no such file")
-    return parse_metadata(p, exported_metadata(p))
+    values = exported_metadata(p)
+    meta = parse_metadata(p, values)
+    check_content(p, values)
+    return meta
+
+
+def check_content(path: Path, values: dict[str, str]) -> None:
+    """Refuse a file whose model content no longer matches its recorded checksum.
+
+    Bundles check their weights' SHA-256; an exported file records one of its own content
+    (the ONNX graph, or the TorchScript archive without its metadata files), since bit rot or
+    a bad copy would otherwise run and give wrong maps. Files exported before this check
+    record none and are taken as they are.
+    """
+    try:
+        expected = json.loads(values.get(EXPORT_KEY, "{}")).get("content_sha256")
+    except (json.JSONDecodeError, AttributeError):
+        expected = None
+    if expected is not None and content_sha256(path) != expected:
+        raise BundleError(
+            f"{path}: the model in the file does not match its recorded checksum; the file "
+            "was changed or damaged (export it again)"
+        )
+
+
+def content_sha256(path: Path) -> str:
+    """SHA-256 of an exported file's model: what :func:`metadata` does not write."""
+    import zipfile
+
+    digest = hashlib.sha256()
+    try:
+        if path.suffix == ".onnx":
+            for number, value in _proto_fields(Path(path).read_bytes()):
+                if number == _ONNX_GRAPH:
+                    digest.update(_delimited(value))
+        else:
+            with zipfile.ZipFile(path) as zf:
+                # Entries sit under a folder named after the file as saved; the metadata files
+                # and torch's random id of each save are not the model.
+                names = {n.split("/", 1)[-1]: n for n in zf.namelist()}
+                for name in sorted(names):
+                    if not name.startswith(("extra/", ".data/serialization_id")):
+                        digest.update(name.encode() + b"\0" + zf.read(names[name]))
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise BundleError(f"{path}: the model in the file is damaged ({exc})") from None
+    return digest.hexdigest()
+
+
+def _with_content_sha256(values: dict[str, str], digest: str) -> dict[str, str]:
+    """``values`` with the content checksum added to the export record."""
+    record = json.loads(values[EXPORT_KEY]) | {"content_sha256": digest}
+    return values | {EXPORT_KEY: json.dumps(record)}
 
 
 def exported_metadata(path: Path) -> dict[str, str]:
@@ -215,7 +270,13 @@ def export_bundle(
             f"{weights}: dynamic_int8 bundles export to TorchScript only; for ONNX quantize "
             "with static_int8 or per_channel_int8"
         )
-    out = check_output_path(output or default_output(weights, fmt), overwrite=overwrite)
+    out = Path(output or default_output(weights, fmt))
+    if out.resolve().parent == Path(weights).resolve() and out.name not in FILE_NAMES.values():
+        raise OutputPathError(
+            f"{out}: is inside the bundle {weights}, where an export may only be "
+            f"{' or '.join(FILE_NAMES.values())}; choose another output"
+        )
+    out = check_output_path(out, overwrite=overwrite)
     if (out.suffix == ".onnx") != (fmt == "onnx"):  # the backend is chosen by the suffix
         want = "a name ending in .onnx" if fmt == "onnx" else "a name not ending in .onnx (.pt)"
         raise ConfigError(
@@ -290,15 +351,20 @@ def _write_torchscript(bundle: Bundle, path: Path, values: dict[str, str], x: np
     traced_model = traced(bundle.model, x[:2])
     if bundle.meta.quant_type == "fp32":
         traced_model = frozen(traced_model)
-    with quiet(), torch.inference_mode():
-        torch.jit.save(
-            traced_model,
-            os.fspath(path),
-            _extra_files={
-                TORCHSCRIPT_META_FILE: values[META_KEY],
-                TORCHSCRIPT_EXPORT_FILE: values[EXPORT_KEY],
-            },
-        )
+
+    def save(values: dict[str, str]) -> None:
+        with quiet(), torch.inference_mode():
+            torch.jit.save(
+                traced_model,
+                os.fspath(path),
+                _extra_files={
+                    TORCHSCRIPT_META_FILE: values[META_KEY],
+                    TORCHSCRIPT_EXPORT_FILE: values[EXPORT_KEY],
+                },
+            )
+
+    save(values)  # once to learn the content's checksum, then with it recorded
+    save(_with_content_sha256(values, content_sha256(path)))
 
 
 def torch_onnx_graph(bundle: Bundle, x: np.ndarray) -> Any:
@@ -330,7 +396,8 @@ def _write_onnx(bundle: Bundle, path: Path, values: dict[str, str], x: np.ndarra
 
     model = torch_onnx_graph(bundle, x)
     clip_after_quantize(model.graph)
-    for key, value in values.items():
+    digest = hashlib.sha256(model.graph.SerializeToString()).hexdigest()
+    for key, value in _with_content_sha256(values, digest).items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     model.producer_name = "georaster_quant"

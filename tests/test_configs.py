@@ -44,3 +44,26 @@ def test_option_checks_run_on_config_values_and_name_the_file(tmp_path, text, ke
     bad.write_text(f"predict:\n  {text}\n")
     with pytest.raises(ConfigError, match=f"bad.yaml: option '{key}' for predict"):
         load_config(bad, cli.commands["predict"])
+
+
+def test_keys_may_be_the_flag_names_and_values_take_yaml_forms(tmp_path):
+    good = tmp_path / "job.yaml"
+    good.write_text(
+        "predict:\n  image: scene.tif\n  bands: [3, 2, 1, 4]\n  stride: 16\n"
+        "evaluate:\n  weights: runs/best\n  json: eval.json\n  report: runs/report\n"
+        "export:\n  format: onnx\n"
+    )
+    predict = load_config(good, cli.commands["predict"])
+    assert predict == {"images": ["scene.tif"], "bands": "3,2,1,4", "stride": 16}
+    evaluate = load_config(good, cli.commands["evaluate"])
+    assert evaluate["weights"] == ["runs/best"]
+    assert evaluate["json_path"] == "eval.json" and evaluate["report_dir"] == "runs/report"
+    assert load_config(good, cli.commands["export"])["fmt"] == "onnx"
+    for text, needle in [
+        ("synth:\n  width: true\n", "a number"),
+        ("predict:\n  image: a.tif\n  images: [b.tif]\n", "twice"),
+    ]:
+        good.write_text(text)
+        command = cli.commands[text.split(":")[0]]
+        with pytest.raises(ConfigError, match=needle):
+            load_config(good, command)

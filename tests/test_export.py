@@ -559,3 +559,58 @@ def test_clip_after_quantize_keeps_both_bounds(zero_point, bounds) -> None:
     z = int(zero_point)
     assert (q[1].min() == z - 100) == (bounds[0] is not None)
     assert (q[1].max() == z + 100) == (bounds[1] is not None)
+
+
+@pytest.mark.parametrize("edit", ["fewer_classes", "fewer_bands"])
+def test_a_file_that_does_not_fit_its_metadata_is_refused(exported, tmp_path, edit):
+    """Metadata edited to disagree with the graph: a one-line error, not wrong maps."""
+    from georaster_quant.export import META_KEY
+
+    model = onnx.load(exported("fp32", "onnx"))
+    props = {p.key: p for p in model.metadata_props}
+    meta = json.loads(props[META_KEY].value)
+    if edit == "fewer_classes":
+        meta["classes"] = meta["classes"][:3]
+        meta["architecture"]["num_classes"] = 3
+        needle = "gives 6 class scores, its metadata lists 3"
+    else:
+        for key in ("bands", "band_names", "fill_values"):
+            meta["input"][key] = meta["input"][key][:3]
+        for key in ("center", "scale"):
+            meta["normalization"][key] = meta["normalization"][key][:3]
+        meta["architecture"]["in_channels"] = 3
+        needle = "does not run on the 3-band 64x64 tiles"
+    props[META_KEY].value = json.dumps(meta)
+    path = tmp_path / "edited.onnx"
+    onnx.save(model, path)
+    with pytest.raises(errors.BundleError, match=needle):
+        open_backend(path)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_a_damaged_export_is_refused(trained_bundle, tmp_path, fmt):
+    """Bit rot in the model part of an exported file: refused, not run into a wrong map."""
+    suffix = ".onnx" if fmt == "onnx" else ".pt"
+    path = Path(export_bundle(trained_bundle, fmt, tmp_path / f"m{suffix}")["path"])
+    assert read_exported_meta(path).quant_type == "fp32"  # as exported, it checks out
+    data = bytearray(path.read_bytes())
+    # A byte inside the weights: the middle of the largest stored tensor.
+    if fmt == "onnx":
+        model = onnx.load(path)
+        raw = max((t.raw_data for t in model.graph.initializer), key=len)
+        at = bytes(data).index(raw) + len(raw) // 2
+    else:
+        import zipfile
+
+        with zipfile.ZipFile(path) as zf:
+            info = max(  # the largest stored tensor (frozen models keep them as constants)
+                (i for i in zf.infolist() if "/extra/" not in i.filename), key=lambda i: i.file_size
+            )
+            raw = zf.read(info)
+        at = bytes(data).index(raw) + len(raw) // 2
+    data[at] ^= 0x40
+    damaged = tmp_path / f"damaged{path.suffix}"
+    damaged.write_bytes(bytes(data))
+    for load in (read_exported_meta, open_backend):
+        with pytest.raises(errors.BundleError, match="changed or damaged|is damaged"):
+            load(damaged)

@@ -234,6 +234,19 @@ def test_evaluate_takes_one_path_and_sizes_the_bundles_weights(small_scene, bund
         evaluate([], scene, labels)
 
 
+def test_models_of_another_tile_size_name_themselves(small_scene, trained_bundle, tmp_path):
+    small = tmp_path / "tiles32"
+    shutil.copytree(trained_bundle, small)
+    meta = json.loads((small / "bundle.json").read_text())
+    meta["input"].update(tile_size=32, default_stride=32)
+    meta["architecture"]["tile_size"] = 32  # the same weights: the network pools globally
+    (small / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(errors.ConfigError, match=f"{small}: its 32 px tiles cannot step 64"):
+        evaluate([trained_bundle, small], *small_scene)
+    [a, b] = evaluate([trained_bundle, small], *small_scene, stride=32)
+    assert a["cells"] == b["cells"] == 16 * 16
+
+
 def test_training_is_reproducible(small_scene, tmp_path: Path) -> None:
     cfg = dict(epochs=1, sample_stride=32, split_block=128, max_tiles=300, seed=3)
     a = train(*small_scene, tmp_path / "a", TrainConfig(**cfg), progress=False)
