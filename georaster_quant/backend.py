@@ -284,18 +284,21 @@ def _exported_beside(bundle: Path, kind: str = "onnxruntime") -> Path | None:
     """The bundle's own export for backend ``kind`` if made from the weights file it holds.
 
     The export's source checksum must match both ``bundle.json``'s record and the weights
-    file itself: a bundle whose weights were replaced is loaded by torch, which refuses it.
+    file itself (a bundle whose weights were replaced is loaded by torch, which refuses it),
+    and its content its own recorded checksum (a damaged copy is passed over).
     """
     import json
 
     from georaster_quant.bundle import read_meta, sha256_file
-    from georaster_quant.export import EXPORT_KEY, FILE_NAMES, exported_metadata
+    from georaster_quant.export import EXPORT_KEY, FILE_NAMES, check_content, exported_metadata
 
     exported = bundle / FILE_NAMES["onnx" if kind == "onnxruntime" else kind]
     if not exported.is_file():
         return None
     try:
-        record = json.loads(exported_metadata(exported).get(EXPORT_KEY, "{}"))
+        values = exported_metadata(exported)
+        check_content(exported, values)  # a damaged copy is passed over like a stale one
+        record = json.loads(values.get(EXPORT_KEY, "{}"))
         weights = read_meta(bundle).weights_info
         source = record.get("source_weights_sha256")
         current = source == weights.sha256 == sha256_file(bundle / weights.file)

@@ -30,10 +30,17 @@ def _per_band(da: Any, values: Any) -> list[Any] | None:
         return None
     values = [values] if isinstance(values, str) or np.ndim(values) == 0 else list(values)
     numbers = da["band"].values.tolist() if "band" in da.coords else []
-    if numbers and all(
-        isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= len(values) for n in numbers
+    whole = all(
+        isinstance(n, int | float) and not isinstance(n, bool) and float(n).is_integer()
+        for n in numbers
+    )
+    if (
+        numbers
+        and whole
+        and len(set(numbers)) == len(numbers)  # (concatenated single bands repeat theirs)
+        and all(1 <= n <= len(values) for n in numbers)
     ):
-        return [values[n - 1] for n in numbers]
+        return [values[int(n) - 1] for n in numbers]
     return values if len(values) == da.sizes["band"] else None
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from georaster_quant.backend import open_backend
+from georaster_quant.backend import open_backend, read_model_meta
 from georaster_quant.bundle import BundleMeta
 from georaster_quant.contract import open_input
 from georaster_quant.errors import ConfigError, RasterContractError
@@ -72,6 +72,15 @@ def score_models(
         weights = [weights]
     if not weights:
         raise ConfigError("no models to score: give at least one bundle or exported file")
+    metas = [read_model_meta(w) for w in weights]  # every model's grid checked before work
+    if stride is None:  # the first model's grid for every model
+        stride = metas[0].input.default_stride
+    for w, meta in zip(weights, metas, strict=True):
+        if not 1 <= stride <= meta.input.tile_size:
+            raise ConfigError(
+                f"{w}: its {meta.input.tile_size} px tiles cannot step {stride} px (the "
+                "stride asked for, or the first model's); pass a --stride that fits every model"
+            )
     scores: list[ModelScore] = []
     first_pred: np.ndarray | None = None
     truth: np.ndarray | None = None
@@ -79,13 +88,6 @@ def score_models(
         model = open_backend(w, backend)
         meta = model.meta
         k = len(meta.classes)
-        if stride is None:  # the first model's grid for every model
-            stride = meta.input.default_stride
-        elif not 1 <= stride <= meta.input.tile_size:
-            raise ConfigError(
-                f"{w}: its {meta.input.tile_size} px tiles cannot step {stride} px (the "
-                "stride asked for, or the first model's); pass a --stride that fits every model"
-            )
         with open_input(image, meta, bands) as img:  # bands are checked first
             if truth is None:  # then the labels, before any prediction
                 with RasterReader(labels) as lab:

@@ -308,7 +308,8 @@ class RasterReader:
         names = self._ds.tags().get("CLASSES")
         if not names:
             return None
-        classes = [n.strip() for n in names.split(",")]
+        # A trailing or doubled comma leaves an empty name: it gets a generic one.
+        classes = [n.strip() or f"class_{i}" for i, n in enumerate(names.split(","))]
         try:
             cmap = self._ds.colormap(self.info.bands[0])
         except ValueError:
@@ -368,7 +369,7 @@ def check_output_path(
     overwrite: bool = False,
     folder: bool = False,
     marker: str | None = None,
-    inputs: Iterable[str | os.PathLike[str]] = (),
+    inputs: InputPaths | Iterable[str | os.PathLike[str]] = (),
 ) -> Path:
     """Refuse an output path that cannot be written, before any work starts.
 
@@ -379,7 +380,7 @@ def check_output_path(
     """
     out = Path(path)
     _check_parent(out)
-    check_not_an_input(out, inputs)
+    (inputs if isinstance(inputs, InputPaths) else InputPaths(inputs)).check(out)
     if out.exists() and not overwrite:
         raise OutputPathError(f"{out}: already exists (pass --overwrite to replace it)")
     if out.exists() and out.is_dir() != folder:
@@ -390,21 +391,48 @@ def check_output_path(
     return out
 
 
-def check_not_an_input(out: Path, inputs: Iterable[str | os.PathLike[str]]) -> None:
-    """Refuse an output that is one of the inputs, or a folder that holds one.
+class InputPaths:
+    """A command's inputs, resolved once, to check outputs against (many outputs, many inputs).
 
-    Remote inputs and GDAL virtual paths are not local files, so no output can be one.
+    Local paths are compared as resolved paths; object-storage inputs (``s3://``, ``/vsis3/``)
+    as normalised ``s3://`` URIs. Other URLs and GDAL virtual paths cannot be outputs.
     """
-    target = out.resolve()
-    for given in inputs:
-        name = os.fspath(given)
-        if "://" in name or name.startswith("/vsi"):
-            continue
-        source = Path(name).resolve()
-        if source == target:
-            raise OutputPathError(f"{out}: is the input {name}; choose another output")
-        if target in source.parents:
-            raise OutputPathError(f"{out}: holds the input {name}; choose another output")
+
+    def __init__(self, inputs: Iterable[str | os.PathLike[str]] = ()):
+        self.files: dict[Path, str] = {}
+        self.folders: dict[Path, str] = {}  # every folder that holds an input
+        self.uris: dict[str, str] = {}
+        for given in inputs:
+            name = os.fspath(given)
+            uri = s3_uri(name)
+            if uri is not None:
+                self.uris[uri] = name
+            elif "://" not in name and not name.startswith("/vsi"):
+                source = Path(name).resolve()
+                self.files[source] = name
+                for parent in source.parents:
+                    self.folders.setdefault(parent, name)
+
+    def check(self, out: str | os.PathLike[str]) -> None:
+        """Refuse an output that is one of the inputs, or a folder that holds one."""
+        name = os.fspath(out)
+        uri = s3_uri(name)
+        target = Path(name).resolve() if uri is None else None
+        for what, found in (
+            ("is", self.uris.get(uri) if uri else self.files.get(target)),  # type: ignore[arg-type]
+            ("holds", None if uri else self.folders.get(target)),  # type: ignore[arg-type]
+        ):
+            if found is not None:
+                raise OutputPathError(f"{name}: {what} the input {found}; choose another output")
+
+
+def s3_uri(name: str) -> str | None:
+    """``s3://bucket/key`` for an S3 object named either way (``/vsis3/bucket/key``), else None."""
+    if name.startswith("s3://"):
+        return "s3://" + name[5:].lstrip("/")
+    if name.startswith("/vsis3/"):
+        return "s3://" + name[7:].lstrip("/")
+    return None
 
 
 def _check_parent(out: Path) -> None:
@@ -475,18 +503,18 @@ def atomic_path(
             check_replaceable(out, marker)
             old = _hidden_name(out, ".old")
             os.replace(out, old)
-        try:
-            os.replace(tmp, out)
-        except BaseException:
-            if old is not None:
-                os.replace(old, out)
-                old = None
-            raise
+        os.replace(tmp, out)
     finally:
+        # Decided by what is on disk, not by how far this code got: an interrupt may land
+        # between a rename and the next line.
+        if old is not None and old.exists():
+            if not tmp.exists():  # the new output is in place: the old one goes
+                shutil.rmtree(old, ignore_errors=True)
+            elif not out.exists():  # put the old one back (if that fails, it stays hidden)
+                with contextlib.suppress(OSError):
+                    os.replace(old, out)
         if tmp.exists():
             _remove(tmp)
-        if old is not None:  # the new output is in place: the old one may go, or stay hidden
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def _hidden_name(out: Path, suffix: str) -> Path:

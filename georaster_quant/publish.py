@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from georaster_quant.errors import OutputPathError, PublishError
-from georaster_quant.io import atomic_path
+from georaster_quant.io import InputPaths, atomic_path
 from georaster_quant.runner import journal_exists, sidecars
 
 #: Where maps for s3:// outputs are built, if set; else a folder in the system's temp folder.
@@ -140,10 +140,12 @@ class S3Output:
         """
         if not self._exists():
             raise PublishError(f"s3://{self.bucket}: no such bucket")
-        for src, out in zip(inputs, outputs, strict=True):
+        every_input = InputPaths(inputs)
+        for out in outputs:
+            for path in (out, *sidecars(out)):  # the map and what is uploaded beside it
+                every_input.check(self.uri_of(path))
+        for out in outputs:
             uri = self.uri_of(out)
-            if src == uri:
-                raise OutputPathError(f"{uri}: is the input raster itself; choose another output")
             if not overwrite and self._exists(self.prefix + out.name):
                 raise OutputPathError(f"{uri}: already exists (pass --overwrite to replace it)")
             if not overwrite and self.staged(out):

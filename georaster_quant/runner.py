@@ -22,6 +22,7 @@ import shutil
 import struct
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from georaster_quant.backend import Backend, as_backend, batch_layout
 from georaster_quant.bundle import BundleMeta
 from georaster_quant.contract import open_input
 from georaster_quant.errors import ConfigError, GeoRasterQuantError, OutputPathError
-from georaster_quant.io import atomic_path, check_not_an_input, check_output_path, write_raster
+from georaster_quant.io import InputPaths, atomic_path, check_output_path, write_raster
 from georaster_quant.predict import NODATA_CLASS, CellRows
 from georaster_quant.stream import iter_batches
 from georaster_quant.tiling import TileGrid
@@ -76,18 +77,21 @@ def sidecars(output: Path) -> tuple[Path, Path]:
     return output.with_suffix(".qml"), output.with_name(output.name + ".json")
 
 
-def check_outputs(image: str, output: Path, *, overwrite: bool, inputs: Sequence[str] = ()) -> None:
+def check_outputs(
+    image: str, output: Path, *, overwrite: bool, inputs: InputPaths | None = None
+) -> None:
     """Refuse, before any work, a map or sidecar path that cannot be written.
 
-    None may be the input, one of the run's other ``inputs`` or an existing folder, a map may
-    not be named like its own style file, and none may exist unless ``overwrite``
-    (``--overwrite`` or ``--resume``) is given.
+    None may be an input (``image`` itself, or any of the run's ``inputs``: its other
+    images, its weights) or an existing folder, a map may not be named like its own style
+    file, and none may exist unless ``overwrite`` (``--overwrite`` or ``--resume``) is given.
     """
+    inputs = inputs or InputPaths([image])
     if output in sidecars(output):
         raise OutputPathError(f"{output}: is the name of the map's QGIS style; name it .tif")
     for path in sidecars(output):
-        check_not_an_input(path, [image, *inputs])
-    check_output_path(output, overwrite=overwrite, inputs=[image, *inputs])
+        inputs.check(path)
+    check_output_path(output, overwrite=overwrite, inputs=inputs)
     for path in sidecars(output):
         if path.is_dir():
             raise OutputPathError(f"{path}: is a folder; the map's sidecar file would replace it")
@@ -187,9 +191,16 @@ class Journal:
                     yield rows[keep], cols[keep], {n: v[..., keep] for n, v in decided.items()}
 
     def load(self, index: int) -> dict[str, np.ndarray]:
-        """The arrays of one part."""
-        with np.load(self.folder / f"part_{index:06d}.npz") as z:
-            return {k: z[k] for k in z.files}
+        """The arrays of one part (a damaged one is bad input: the run cannot resume)."""
+        path = self.folder / f"part_{index:06d}.npz"
+        try:
+            with np.load(path) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise OutputPathError(
+                f"{path}: a damaged part of the interrupted run ({exc}); start again with "
+                "--overwrite"
+            ) from None
 
 
 def _record_spans(data: bytes) -> Iterator[tuple[int, int, int]]:
@@ -381,7 +392,9 @@ def predict_raster(
     out = Path(output)
     if opts.resume and opts.overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
-    check_outputs(image, out, overwrite=opts.overwrite or opts.resume)
+    weights = [model] if isinstance(model, str | os.PathLike) else []
+    inputs = InputPaths([image, *weights])
+    check_outputs(image, out, overwrite=opts.overwrite or opts.resume, inputs=inputs)
     complete = out.exists() and not journal_exists(out)
     inference = _inference(model)
     meta = inference.meta

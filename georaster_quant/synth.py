@@ -508,7 +508,21 @@ def generate_scene(
     """
     if chunk < 16 or chunk % 16:
         raise ConfigError(f"chunk must be a positive multiple of 16, got {chunk}")
+    new = not Path(out_dir).exists()
     out = ensure_folder(out_dir)
+    try:
+        return _write_scene(out, spec, cog=cog, chunk=chunk, workers=workers,
+                            overwrite=overwrite, progress=progress)  # fmt: skip
+    except BaseException:
+        if new and not any(out.iterdir()):  # a failed or stopped run leaves no empty folder
+            out.rmdir()
+        raise
+
+
+def _write_scene(
+    out: Path, spec: SceneSpec, *, cog: bool, chunk: int, workers: int, overwrite: bool,
+    progress: bool,
+) -> tuple[Path, Path]:  # fmt: skip
     scene_path, labels_path = out / "scene.tif", out / "labels.tif"
     for p in (scene_path, labels_path):
         check_output_path(p, overwrite=overwrite)

@@ -579,7 +579,7 @@ def test_a_stopped_run_cleans_up_and_says_so(tmp_path: Path, sig: str, code: int
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
     assert err.strip().splitlines()[-1].startswith(("Terminated", "Interrupted")), err
-    assert not any(out.iterdir())  # no temporaries, no partial scene
+    assert not out.exists()  # no temporaries, no partial scene, not even the new folder
 
 
 def test_usage_errors_are_one_line(capsys, small_scene, trained_bundle, tmp_path) -> None:
@@ -610,6 +610,10 @@ def test_image_lists_and_literal_names(capsys, small_scene, trained_bundle, tmp_
     )  # fmt: skip
     assert code == 0, err
     assert (tmp_path / "odd.tif").is_file()
+    code, out, err = run(
+        capsys, "predict", "--weights", trained_bundle, "--image", odd, "--output", "", "-q"
+    )
+    assert_one_line_error(code, out, err, "--output", "empty")
 
 
 # --- outputs that --overwrite must not destroy ----------------------------------------------------
@@ -686,6 +690,25 @@ def test_no_output_may_replace_or_hold_an_input(
     assert {p: p.read_bytes() for p in (scene, labels)} == before
     assert (bundle_copy / "weights.pt").read_bytes() == weights
     assert not (tmp_path / "map.qml").exists()
+
+
+def test_predict_never_writes_over_its_weights(capsys, small_scene, trained_bundle, tmp_path):
+    model = tmp_path / "model.onnx"
+    export = ["export", "--weights", trained_bundle, "--format", "onnx", "--output", model]
+    assert run(capsys, *export)[0] == 0
+    before = model.read_bytes()
+    code, out, err = run(
+        capsys, "predict", "--weights", model, "--image", small_scene[0],
+        "--output", model, "--overwrite", "-q",
+    )  # fmt: skip
+    assert_one_line_error(code, out, err, model, "is the input")
+    assert model.read_bytes() == before
+
+
+def test_the_bare_command_shows_its_help() -> None:
+    done = run_cli_subprocess()
+    assert done.returncode == 2
+    assert done.stderr.startswith("Usage: georaster-quant") and "Commands:" in done.stderr
 
 
 def test_a_batch_never_maps_over_another_input(capsys, small_scene, trained_bundle, tmp_path):

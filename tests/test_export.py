@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -614,3 +615,8 @@ def test_a_damaged_export_is_refused(trained_bundle, tmp_path, fmt):
     for load in (read_exported_meta, open_backend):
         with pytest.raises(errors.BundleError, match="changed or damaged|is damaged"):
             load(damaged)
+    # A damaged export inside a bundle is passed over: the bundle runs on torch.
+    bundle = tmp_path / "bundle"
+    shutil.copytree(trained_bundle, bundle)
+    damaged.rename(bundle / ("model.onnx" if fmt == "onnx" else "model.torchscript.pt"))
+    assert open_backend(bundle).name == "torch"

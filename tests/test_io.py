@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -367,6 +368,38 @@ def test_atomic_path_never_replaces_a_folder_with_a_file(tmp_path: Path) -> None
             tmp.write_text("{}")
     assert (out / "keep.txt").read_text() == "precious"
     assert leftovers(tmp_path, {"result.json"}) == []
+
+
+@pytest.mark.parametrize("fails", ["move_in", "interrupt_after_move_aside"])
+def test_replacing_a_folder_keeps_the_old_one_whole_until_the_new_is_in(
+    tmp_path: Path, monkeypatch, fails: str
+) -> None:
+    """The old folder is renamed aside, not deleted, until the new one is in place."""
+    import georaster_quant.io as io_module
+
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "bundle.json").write_text("old")
+    (out / "weights.pt").write_text("old weights")
+    real = os.replace
+    calls = []
+
+    def replace(src, dst):  # the OS rename, with one injected failure
+        calls.append(src)
+        if len(calls) == 2 and fails == "move_in":
+            raise OSError("injected: the new folder cannot be moved in")
+        real(src, dst)
+        if len(calls) == 1 and fails == "interrupt_after_move_aside":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(io_module.os, "replace", replace)
+    with pytest.raises((OSError, KeyboardInterrupt)):
+        with atomic_path(out, marker="bundle.json") as tmp:
+            tmp.mkdir()
+            (tmp / "bundle.json").write_text("new")
+    monkeypatch.setattr(io_module.os, "replace", real)
+    assert (out / "weights.pt").read_text() == "old weights"  # whole, at its place
+    assert leftovers(tmp_path, {"bundle"}) == []
 
 
 def test_atomic_path_failure_keeps_the_old_file(tmp_path: Path) -> None:

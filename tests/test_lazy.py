@@ -262,10 +262,12 @@ def test_bands_follow_descriptions_and_per_band_scales(trained_bundle, small_sce
     assert "scales" in permuted.attrs  # rioxarray's form for scales that differ by band
     got = predict_dataarray(permuted, trained_bundle, stride=32)
     np.testing.assert_array_equal(got["class"].values, expected)
-    # A selection that reorders the bands keeps xarray's old attributes; still matched.
+    # A selection that reorders the bands keeps xarray's old attributes; still matched,
+    # also when the band numbers became floats.
     back = permuted.isel(band=[1, 3, 2, 0])
-    got = predict_dataarray(back, trained_bundle, stride=32)
-    np.testing.assert_array_equal(got["class"].values, expected)
+    for view in (back, back.assign_coords(band=back.band.astype(float))):
+        got = predict_dataarray(view, trained_bundle, stride=32)
+        np.testing.assert_array_equal(got["class"].values, expected)
 
 
 def test_a_lazily_read_array_is_not_read_to_build_the_graph(

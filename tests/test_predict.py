@@ -11,7 +11,7 @@ import rasterio
 from synth_helpers import run_cli
 
 from georaster_quant.backend import open_backend
-from georaster_quant.errors import ConfigError
+from georaster_quant.errors import ConfigError, OutputPathError
 from georaster_quant.export import export_bundle
 from georaster_quant.predict import predict_grid
 from georaster_quant.runner import (
@@ -202,6 +202,20 @@ def test_resume_after_an_interruption_gives_the_same_map(trained_bundle, unseen_
     b, _ = read(tmp_path / "whole.tif")
     assert np.array_equal(a, b)
     assert ref["tiles_total"] == 56 * 40
+
+
+def test_resume_refuses_a_damaged_part(trained_bundle, unseen_scene, tmp_path):
+    backend = open_backend(trained_bundle)
+    out = tmp_path / "map.tif"
+    opts = PredictOptions(stride=4, batch_size=256)  # 112 x 80 cells: two parts
+    with pytest.raises(_Crash):
+        predict_raster(_Crashing(backend, 30), unseen_scene, out, opts)  # the first part done
+    [part] = _parts_dir(out).glob("part_*.npz")
+    part.write_bytes(part.read_bytes()[:100])
+    resume = PredictOptions(stride=4, batch_size=256, resume=True)
+    with pytest.raises(OutputPathError, match="damaged part"):
+        predict_raster(backend, unseen_scene, out, resume)
+    assert not out.exists()
 
 
 def test_resume_mid_row_with_probabilities_twice(trained_bundle, unseen_scene, tmp_path):

@@ -339,6 +339,14 @@ def test_name_collision_in_an_s3_folder_names_the_uri(
     assert_one_line_error(code, out, err, f"s3://rasters/m/{name}", "rename one input")
 
 
+def test_an_s3_map_never_replaces_another_input(capsys, s3_bucket, staging, trained_bundle):
+    # The map of a.tif would be the second input, named the GDAL way: refused before work.
+    inputs = ["s3://rasters/in/a.tif", "/vsis3/rasters/in/a_classes.tif"]
+    code, out, err = _predict(capsys, trained_bundle, inputs, "s3://rasters/in/")
+    assert_one_line_error(code, out, err, "s3://rasters/in/a_classes.tif", "is the input")
+    assert _keys(s3_bucket) == []
+
+
 def test_failed_upload_keeps_the_staged_map_and_resume_uploads_it(
     capsys, monkeypatch, s3_bucket, staging, small_scene, trained_bundle
 ):

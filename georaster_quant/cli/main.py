@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
         args = ["--debug", *(a for a in args if a != "--debug")]
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    if main_thread and previous is None:  # set outside Python: put the default back after
+        previous = signal.SIG_DFL
     try:
         try:
             cli.main(args=args, prog_name="georaster-quant", standalone_mode=False)
@@ -124,6 +126,9 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+    except click.exceptions.NoArgsIsHelpError as exc:  # the bare command: its help
+        exc.show()
+        sys.exit(EXIT_BAD_INPUT)
     except click.UsageError as exc:  # one line, as for every bad input
         where = exc.ctx.command_path if exc.ctx else "georaster-quant"
         click.echo(f"Error: {exc.format_message()} (see '{where} --help')", err=True)
@@ -139,8 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)
         click.echo(
-            f"{'Terminated' if terminated else 'Interrupted'}; nothing was left at the output "
-            "path (an interrupted predict continues with --resume).",
+            f"{'Terminated' if terminated else 'Interrupted'}: outputs are written only when "
+            "complete (an interrupted predict continues with --resume).",
             err=True,
         )
         sys.exit(143 if terminated else 130)

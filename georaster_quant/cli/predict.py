@@ -58,6 +58,8 @@ def output_paths(inputs: list[str], output: str, shown: Callable[[Path], str] = 
     """
     from georaster_quant.errors import OutputPathError
 
+    if not output.strip():
+        raise OutputPathError("--output is empty; name the map (or a folder for several)")
     if len(inputs) == 1 and not output.endswith(("/", "\\")) and not Path(output).is_dir():
         return [Path(output)]
     folder = Path(output)
@@ -162,7 +164,7 @@ def command(
       georaster-quant predict --weights /shared/best --image /shared/big.tif \\
           --output /shared/big_classes.tif --scheduler tcp://scheduler:8786
     """
-    from georaster_quant.io import ensure_folder
+    from georaster_quant.io import InputPaths, ensure_folder
     from georaster_quant.publish import S3Output, is_remote_output
     from georaster_quant.runner import PredictOptions, check_outputs
 
@@ -180,8 +182,9 @@ def command(
         remote.prepare(inputs, outputs, overwrite=overwrite or resume)
     if len(outputs) > 1 or outputs[0].parent != Path(local).parent:
         ensure_folder(local)
+    everything = InputPaths([*inputs, weights])  # no output may replace any of them
     for src, out in zip(inputs, outputs, strict=True):  # checked before any work starts
-        check_outputs(src, out, overwrite=overwrite or resume, inputs=inputs)
+        check_outputs(src, out, overwrite=overwrite or resume, inputs=everything)
     opts = PredictOptions(
         stride=stride,
         batch_size=batch_size,
@@ -249,7 +252,7 @@ def _run_all(
         )
     if len(inputs) > 1:
         click.echo(f"\n{len(rows)} of {len(inputs)} maps written to {output}")
-        for src, msg in failed:
-            click.echo(f"  failed: {src}: {msg}")
+        for src, msg in failed:  # messages name their file, which is often the input
+            click.echo(f"  failed: {msg}" if src in msg else f"  failed: {src}: {msg}")
     if failed:
         sys.exit(2)
