@@ -308,8 +308,10 @@ class RasterReader:
         names = self._ds.tags().get("CLASSES")
         if not names:
             return None
-        # A trailing or doubled comma leaves an empty name: it gets a generic one.
-        classes = [n.strip() or f"class_{i}" for i, n in enumerate(names.split(","))]
+        parts = [n.strip() for n in names.split(",")]
+        while parts and not parts[-1]:  # a trailing comma names no class
+            parts.pop()
+        classes = [n or f"class_{i}" for i, n in enumerate(parts)]  # a doubled one: generic
         try:
             cmap = self._ds.colormap(self.info.bands[0])
         except ValueError:

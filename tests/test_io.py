@@ -587,3 +587,12 @@ def test_a_stopped_run_does_not_sleep_out_a_retry(tmp_path: Path, monkeypatch) -
         with pytest.raises(errors.RasterInputError, match="not retried, the run was stopped"):
             reader.read_raw(Window(0, 0, 8, 8))
     assert time.monotonic() - start < 10  # not the 30 s backoff
+
+
+def test_class_names_from_a_sloppy_tag(make_tif) -> None:
+    labels = make_tif("labels.tif", np.zeros((8, 8), np.uint8))
+    with rasterio.open(labels, "r+") as dst:
+        dst.update_tags(CLASSES="water, ,grassland,,")
+    with RasterReader(labels) as reader:
+        names, colours = reader.class_table()
+    assert names == ["water", "class_1", "grassland"] and len(colours) == 3
