@@ -260,8 +260,12 @@ def export_bundle(
     output: str | os.PathLike[str] | None = None,
     *,
     overwrite: bool = True,
+    recorded_as: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Export the bundle ``weights`` to ``fmt`` and check the file against the bundle."""
+    """Export the bundle ``weights`` to ``fmt`` and check the file against the bundle.
+
+    ``recorded_as`` is the bundle path the export record names (default ``weights``).
+    """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     bundle = Bundle(weights)
@@ -283,7 +287,7 @@ def export_bundle(
             f"{out}: a {fmt} export needs {want}; .onnx files run on ONNX Runtime, others on "
             "TorchScript"
         )
-    values = metadata(bundle.meta, fmt, Path(weights))
+    values = metadata(bundle.meta, fmt, Path(recorded_as or weights))
     sample = _sample(bundle)
     with atomic_path(out, suffix=out.suffix) as tmp:
         if fmt == "torchscript":
@@ -299,6 +303,17 @@ def export_bundle(
         "sha256": sha256_file(out),
         "agreement_on_check": agreement,
     }
+
+
+def export_into(staging: Path, final: Path) -> dict[str, Any]:
+    """Write ``model.onnx`` into a bundle still being assembled at ``staging``.
+
+    ``train`` and ``quantize`` call it before the bundle is moved into place, so a bundle
+    that should carry its ONNX export never appears without it. The record and the returned
+    summary name ``final``, where the bundle goes.
+    """
+    result = export_bundle(staging, "onnx", recorded_as=final)
+    return result | {"path": os.fspath(final / FILE_NAMES["onnx"])}
 
 
 def _sample(bundle: Bundle, n: int = 16) -> np.ndarray:

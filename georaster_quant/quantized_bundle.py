@@ -37,6 +37,7 @@ from georaster_quant.errors import (
     ConfigError,
     TrainingDataError,
 )
+from georaster_quant.export import NO_ONNX_TYPES, export_into
 from georaster_quant.io import RasterReader, check_output_path, ensure_folder
 from georaster_quant.quantize import (
     DEFAULT_OBSERVER,
@@ -214,8 +215,13 @@ def quantize_bundle(
     output: str | os.PathLike[str] = "quantized_models",
     *,
     overwrite: bool = False,
+    onnx: bool = False,
 ) -> dict[str, Any]:
-    """Quantize the FP32 bundle ``weights`` into ``output/{model_name}_{quant_type}``."""
+    """Quantize the FP32 bundle ``weights`` into ``output/{model_name}_{quant_type}``.
+
+    With ``onnx`` the new bundle holds its ``model.onnx`` export from the moment it appears
+    (types with an ONNX form only: not ``dynamic_int8``).
+    """
     meta = read_meta(weights)
     if meta.quant_type != "fp32":
         raise BundleError(
@@ -301,6 +307,8 @@ def quantize_bundle(
                 f"{(ref.accuracy - again.accuracy) * 100:.2f} points, over the budget of {budget:g}"
             )
         written.update(bundle=bundle, measured=again, size=bundle.size_bytes)
+        if onnx and opts.quant_type not in NO_ONNX_TYPES:
+            written["onnx"] = export_into(folder, target)
 
     out_root.mkdir(exist_ok=True)
     details = _save(
@@ -328,6 +336,7 @@ def quantize_bundle(
         "fp32_layers": list(best.result.config.fp32_layers),
         "details": details,
         "calibration": calib.report if calib else None,
+        "onnx": written.get("onnx"),
     }
     return summary
 

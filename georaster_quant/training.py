@@ -121,6 +121,7 @@ class TrainResult:
     epochs_run: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    onnx: dict[str, Any] | None = None  # the export summary, with ``onnx=True``
 
 
 def _dihedral(x: Any, k: int) -> Any:
@@ -212,8 +213,12 @@ def train(
     *,
     overwrite: bool = False,
     progress: bool = True,
+    onnx: bool = False,
 ) -> TrainResult:
-    """Train a GeoRasterCNN on ``image`` with ``labels`` and write an FP32 bundle."""
+    """Train a GeoRasterCNN on ``image`` with ``labels`` and write an FP32 bundle.
+
+    With ``onnx`` the bundle holds its ``model.onnx`` export from the moment it appears.
+    """
     import torch
 
     from georaster_quant.model import GeoRasterCNN, resolve_arch
@@ -357,7 +362,14 @@ def train(
         },
         provenance=provenance(os.fspath(image)),
     )
-    save_bundle(out, model, meta, overwrite=overwrite)
+    exported: dict[str, Any] = {}
+
+    def with_onnx(staging: Path) -> None:
+        from georaster_quant.export import export_into
+
+        exported.update(export_into(staging, out))
+
+    save_bundle(out, model, meta, overwrite=overwrite, verify=with_onnx if onnx else None)
     return TrainResult(
         bundle=out,
         val_accuracy=best_acc,
@@ -366,4 +378,5 @@ def train(
         epochs_run=len(history),
         seconds=time.perf_counter() - t0,
         history=history,
+        onnx=exported or None,
     )

@@ -247,6 +247,29 @@ def test_models_of_another_tile_size_name_themselves(small_scene, trained_bundle
     assert a["cells"] == b["cells"] == 16 * 16
 
 
+def test_a_bundle_with_its_onnx_appears_whole_or_not_at_all(
+    small_scene, tmp_path: Path, monkeypatch
+) -> None:
+    from georaster_quant import export
+    from georaster_quant.backend import open_backend
+
+    cfg = TrainConfig(epochs=1, sample_stride=32, split_block=128, max_tiles=200, seed=1)
+    out = tmp_path / "best"
+    result = train(*small_scene, out, cfg, progress=False, onnx=True)
+    assert result.onnx["path"] == str(out / "model.onnx")
+    record = json.loads(export.onnx_metadata(out / "model.onnx")[export.EXPORT_KEY])
+    assert record["source_bundle"] == str(out)  # not the staging folder it was written in
+    assert open_backend(out).name == "onnxruntime"  # up to date with the weights
+
+    def failing(staging, final):
+        raise RuntimeError("the export failed")
+
+    monkeypatch.setattr(export, "export_into", failing)
+    with pytest.raises(RuntimeError, match="export failed"):
+        train(*small_scene, tmp_path / "other", cfg, progress=False, onnx=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]  # nothing else, not hidden
+
+
 def test_training_is_reproducible(small_scene, tmp_path: Path) -> None:
     cfg = dict(epochs=1, sample_stride=32, split_block=128, max_tiles=300, seed=3)
     a = train(*small_scene, tmp_path / "a", TrainConfig(**cfg), progress=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import click
@@ -43,17 +42,11 @@ def command(weights: str, fmt: str, output: str | None) -> None:
     """
     from georaster_quant.export import export_bundle
 
-    _report(export_bundle(weights, fmt, output))
+    report_export(export_bundle(weights, fmt, output))
 
 
-def export_onnx_into(bundle: str | os.PathLike[str]) -> None:
-    """Write ``model.onnx`` inside a bundle just written (train and quantize ``--onnx``)."""
-    from georaster_quant.export import export_bundle
-
-    _report(export_bundle(bundle, "onnx"))
-
-
-def _report(result: dict[str, Any]) -> None:
+def report_export(result: dict[str, Any]) -> None:
+    """One line on an export just written (``export``, and ``train``/``quantize --onnx``)."""
     click.echo(
         f"wrote {result['path']} ({result['format']}, {result['quant_type']}, "
         f"{result['size_bytes']:,} bytes); decisions match the bundle on "

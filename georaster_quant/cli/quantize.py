@@ -117,7 +117,7 @@ def command(
           --data data/train/scene.tif --labels data/train/labels.tif
       georaster-quant quantize --weights runs/best --quant-type fp16
     """
-    from georaster_quant.cli.export import export_onnx_into
+    from georaster_quant.cli.export import report_export
     from georaster_quant.export import NO_ONNX_TYPES
     from georaster_quant.quantized_bundle import QuantizeOptions, format_summary, quantize_bundle
 
@@ -135,9 +135,9 @@ def command(
         bands=bands,
         seed=seed,
     )
-    summary = quantize_bundle(weights, opts, output, overwrite=overwrite)
+    summary = quantize_bundle(weights, opts, output, overwrite=overwrite, onnx=onnx)
     click.echo(format_summary(summary))
     if onnx and quant_type in NO_ONNX_TYPES:
         click.echo(f"no model.onnx: {quant_type} runs on torch (export --format torchscript)")
-    elif onnx:
-        export_onnx_into(summary["bundle"])
+    elif summary["onnx"]:
+        report_export(summary["onnx"])

@@ -116,15 +116,17 @@ def command(
           --output runs/best
       georaster-quant train --config configs/pipeline.yaml --epochs 5
     """
-    from georaster_quant.cli.export import export_onnx_into
+    from georaster_quant.cli.export import report_export
     from georaster_quant.training import train
 
     cfg = TrainConfig(threads=workers, **options)  # type: ignore[arg-type]
-    result = train(image, labels, output, cfg, overwrite=overwrite, progress=show_progress(quiet))
+    result = train(
+        image, labels, output, cfg, overwrite=overwrite, progress=show_progress(quiet), onnx=onnx
+    )
     click.echo(
         f"wrote {result.bundle}: validation accuracy {result.val_accuracy:.2%} on "
         f"{result.val_tiles} tiles ({result.train_tiles} training tiles, "
         f"{result.epochs_run} epochs, {result.seconds:.0f} s)"
     )
-    if onnx:
-        export_onnx_into(result.bundle)
+    if result.onnx:
+        report_export(result.onnx)
