@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -242,6 +242,23 @@ class BundleMeta(_Strict):
     def class_names(self) -> list[str]:
         """Class names in output order."""
         return [c.name for c in self.classes]
+
+
+def with_bundle_files(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """``paths`` and, for each bundle folder among them, the files that make it up.
+
+    For checking outputs against inputs: no output may replace a bundle's ``bundle.json``,
+    weights or exports (other files in the folder, a report say, are not the model).
+    """
+    from georaster_quant.export import FILE_NAMES
+
+    out = []
+    for given in paths:
+        out.append(os.fspath(given))
+        folder = Path(given)
+        if folder.is_dir():
+            out += [os.fspath(folder / n) for n in (META_FILE, WEIGHTS_FILE, *FILE_NAMES.values())]
+    return out
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:

@@ -28,6 +28,7 @@ from georaster_quant.bundle import (
     read_meta,
     save_bundle,
     sha256_file,
+    with_bundle_files,
 )
 from georaster_quant.calibration import CalibrationDataReader, choose_calibration_tiles
 from georaster_quant.errors import (
@@ -241,7 +242,7 @@ def quantize_bundle(
     out_root = ensure_folder(output, create=False)  # made only when the bundle is written
     target = out_root / f"{meta.model_name}_{opts.quant_type}"
     if out_root.is_dir():
-        inputs = [weights, *opts.data, *([opts.labels] if opts.labels else [])]
+        inputs = with_bundle_files([weights, *opts.data, *([opts.labels] if opts.labels else [])])
         check_output_path(target, overwrite=overwrite, folder=True, marker=META_FILE, inputs=inputs)
 
     fp32 = Bundle(weights)

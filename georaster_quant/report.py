@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from georaster_quant.bundle import with_bundle_files
 from georaster_quant.evaluation import ModelScore
 from georaster_quant.io import atomic_path, check_output_path, read_info, write_raster
 from georaster_quant.predict import NODATA_CLASS, disagreement_map
@@ -150,7 +151,7 @@ def write_report(
     folder: str | os.PathLike[str], scores: list[ModelScore], image: str, labels: str
 ) -> Path:
     """Write the figures and ``index.html`` into ``folder`` (replacing it) and return it."""
-    inputs = [image, labels, *(s.result["weights"] for s in scores)]
+    inputs = with_bundle_files([image, labels, *(s.result["weights"] for s in scores)])
     out = check_output_path(
         folder, overwrite=True, folder=True, marker=REPORT_MARKER, inputs=inputs
     )

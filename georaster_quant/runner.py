@@ -33,7 +33,7 @@ import numpy as np
 from georaster_quant import __version__
 from georaster_quant.area import PixelArea
 from georaster_quant.backend import Backend, as_backend, batch_layout
-from georaster_quant.bundle import BundleMeta
+from georaster_quant.bundle import BundleMeta, with_bundle_files
 from georaster_quant.contract import open_input
 from georaster_quant.errors import ConfigError, GeoRasterQuantError, OutputPathError
 from georaster_quant.io import InputPaths, atomic_path, check_output_path, write_raster
@@ -393,7 +393,7 @@ def predict_raster(
     if opts.resume and opts.overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
     weights = [model] if isinstance(model, str | os.PathLike) else []
-    inputs = InputPaths([image, *weights])
+    inputs = InputPaths(with_bundle_files([image, *weights]))
     check_outputs(image, out, overwrite=opts.overwrite or opts.resume, inputs=inputs)
     complete = out.exists() and not journal_exists(out)
     inference = _inference(model)

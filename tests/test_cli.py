@@ -692,7 +692,9 @@ def test_no_output_may_replace_or_hold_an_input(
     assert not (tmp_path / "map.qml").exists()
 
 
-def test_predict_never_writes_over_its_weights(capsys, small_scene, trained_bundle, tmp_path):
+def test_predict_never_writes_over_its_weights(
+    capsys, small_scene, trained_bundle, bundle_copy, tmp_path
+):
     model = tmp_path / "model.onnx"
     export = ["export", "--weights", trained_bundle, "--format", "onnx", "--output", model]
     assert run(capsys, *export)[0] == 0
@@ -703,6 +705,20 @@ def test_predict_never_writes_over_its_weights(capsys, small_scene, trained_bund
     )  # fmt: skip
     assert_one_line_error(code, out, err, model, "is the input")
     assert model.read_bytes() == before
+    # The files that make up a bundle given as --weights are inputs too; a new file beside
+    # them (an evaluation's JSON, say) is not, and may be written again.
+    weights = (bundle_copy / "weights.pt").read_bytes()
+    code, out, err = run(
+        capsys, "predict", "--weights", bundle_copy, "--image", small_scene[0],
+        "--output", bundle_copy / "weights.pt", "--overwrite", "-q",
+    )  # fmt: skip
+    assert_one_line_error(code, out, err, bundle_copy / "weights.pt", "is the input")
+    assert (bundle_copy / "weights.pt").read_bytes() == weights
+    evaluate = ["evaluate", "--weights", bundle_copy, "--image", small_scene[0],
+                "--labels", small_scene[1], "--json", bundle_copy / "eval.json", "-q"]  # fmt: skip
+    for _ in range(2):
+        code, _, err = run(capsys, *evaluate)
+        assert code == 0, err
 
 
 def test_the_bare_command_shows_its_help() -> None:

@@ -97,11 +97,12 @@ def command(
           --image data/test/scene.tif --labels data/test/labels.tif --json eval.json \\
           --report runs/report
     """
+    from georaster_quant.bundle import with_bundle_files
     from georaster_quant.evaluation import score_models
     from georaster_quant.io import atomic_path, check_output_path
     from georaster_quant.report import REPORT_MARKER
 
-    inputs = [image, labels, *weights]
+    inputs = with_bundle_files([image, labels, *weights])
     if json_path:
         check_output_path(json_path, overwrite=True, inputs=inputs)
     if report_dir:

@@ -164,6 +164,7 @@ def command(
       georaster-quant predict --weights /shared/best --image /shared/big.tif \\
           --output /shared/big_classes.tif --scheduler tcp://scheduler:8786
     """
+    from georaster_quant.bundle import with_bundle_files
     from georaster_quant.io import InputPaths, ensure_folder
     from georaster_quant.publish import S3Output, is_remote_output
     from georaster_quant.runner import PredictOptions, check_outputs
@@ -182,7 +183,7 @@ def command(
         remote.prepare(inputs, outputs, overwrite=overwrite or resume)
     if len(outputs) > 1 or outputs[0].parent != Path(local).parent:
         ensure_folder(local)
-    everything = InputPaths([*inputs, weights])  # no output may replace any of them
+    everything = InputPaths(with_bundle_files([*inputs, weights]))  # none may be replaced
     for src, out in zip(inputs, outputs, strict=True):  # checked before any work starts
         check_outputs(src, out, overwrite=overwrite or resume, inputs=everything)
     opts = PredictOptions(
