@@ -383,11 +383,11 @@ def check_output_path(
     out = Path(path)
     _check_parent(out)
     (inputs if isinstance(inputs, InputPaths) else InputPaths(inputs)).check(out)
-    if out.exists() and not overwrite:
-        raise OutputPathError(f"{out}: already exists (pass --overwrite to replace it)")
-    if out.exists() and out.is_dir() != folder:
+    if out.exists() and out.is_dir() != folder:  # first: --overwrite would not help
         want, found = ("a folder", "a file") if folder else ("a file", "a folder")
         raise OutputPathError(f"{out}: is {found}, the output is {want}")
+    if out.exists() and not overwrite:
+        raise OutputPathError(f"{out}: already exists (pass --overwrite to replace it)")
     if folder and out.is_dir():
         check_replaceable(out, marker)
     return out

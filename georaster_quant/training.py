@@ -243,6 +243,11 @@ def train(
                     f"{lab.info.path}: no CLASSES tag; pass --num-classes to say how many classes"
                 )
             table = ([f"class_{i}" for i in range(k)], (_FALLBACK_COLORS * (k // 10 + 1))[:k])
+        elif cfg.num_classes is not None and cfg.num_classes != len(table[0]):
+            raise TrainingDataError(
+                f"{lab.info.path}: its CLASSES tag names {len(table[0])} classes, --num-classes "
+                f"says {cfg.num_classes}; drop --num-classes or fix the tag"
+            )
         names, colors = table
         info = img.info
         tiles = sample_tiles(

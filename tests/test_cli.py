@@ -760,6 +760,16 @@ def test_overwriting_a_bundle_leaves_no_old_copy(capsys, bad, tmp_path) -> None:
     assert dot_files(tmp_path) == []
 
 
+def test_train_output_that_is_a_file_and_a_contradicted_class_count(capsys, bad, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    code, out, err = run(capsys, *_train(bad, output=afile))  # --overwrite would not help
+    assert_one_line_error(code, out, err, afile, "is a file, the output is a folder")
+    code, out, err = run(capsys, *_train(bad, output=tmp_path / "m"), "--num-classes", "2")
+    assert_one_line_error(code, out, err, bad.labels, "names 6 classes, --num-classes says 2")
+    assert not (tmp_path / "m").exists()
+
+
 def test_labels_in_another_crs_are_refused(capsys, bad, tmp_path) -> None:
     other = tmp_path / "labels_32632.tif"
     with rasterio.open(bad.labels) as src:
