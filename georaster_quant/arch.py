@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from georaster_quant.errors import ConfigError
+from georaster_quant.tiling import whole_number
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class ArchSpec:
 
     def __post_init__(self) -> None:
         sizes = (self.stem_kernel, self.stem_stride, self.stem_width, *self.widths)
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
+        if not all(whole_number(v) and v > 0 for v in sizes):
             raise ConfigError(f"kernel, stride and widths must be positive integers: {self}")
         if not self.widths or not isinstance(self.stem_pool, bool):
             raise ConfigError(f"an architecture needs widths and a yes/no stem_pool: {self}")

@@ -419,13 +419,14 @@ class InputPaths:
         """Refuse an output that is one of the inputs, or a folder that holds one."""
         name = os.fspath(out)
         uri = s3_uri(name)
-        target = Path(name).resolve() if uri is None else None
-        for what, found in (
-            ("is", self.uris.get(uri) if uri else self.files.get(target)),  # type: ignore[arg-type]
-            ("holds", None if uri else self.folders.get(target)),  # type: ignore[arg-type]
-        ):
-            if found is not None:
-                raise OutputPathError(f"{name}: {what} the input {found}; choose another output")
+        if uri is not None:
+            what, found = "is", self.uris.get(uri)
+        else:
+            target = Path(name).resolve()
+            what = "is" if target in self.files else "holds"
+            found = self.files.get(target) or self.folders.get(target)
+        if found is not None:
+            raise OutputPathError(f"{name}: {what} the input {found}; choose another output")
 
 
 def s3_uri(name: str) -> str | None:

@@ -25,7 +25,7 @@ from georaster_quant.errors import ConfigError
 from georaster_quant.io import to_physical, validity
 from georaster_quant.predict import NODATA_CLASS, CellRows
 from georaster_quant.stream import batch_strips
-from georaster_quant.tiling import TileGrid, mirror_index
+from georaster_quant.tiling import TileGrid, mirror_index, whole_number
 
 #: Default chunk side in input pixels (rounded to whole output cells).
 CHUNK_PIXELS = 2048
@@ -37,16 +37,12 @@ def _chunk_cells(chunks: int | None, da: Any, grid: TileGrid) -> int:
     The input's chunks are its largest ones: a slice that starts inside a chunk has a small
     first chunk, which says nothing of the rest.
     """
-    if chunks is not None and (not _is_int(chunks) or chunks < 1):
+    if chunks is not None and (not whole_number(chunks) or chunks < 1):
         raise ConfigError(f"chunks must be a positive number of pixels, got {chunks!r}")
     if chunks is None and da.chunks:
         chunks = max(max(da.chunks[1]), max(da.chunks[2]))
     pixels = chunks or CHUNK_PIXELS
     return max(1, round(pixels / grid.step), math.ceil(grid.tile_size / grid.step))
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 def _split(n_cells: int, per_chunk: int, grid: TileGrid) -> tuple[list[int], tuple[int, ...]]:
@@ -138,7 +134,7 @@ def predict_dataarray(
 
     meta = read_model_meta(weights)
     resolve_backend(weights, backend)  # an unknown or unsuitable backend fails now
-    if not _is_int(batch_size) or batch_size < 1:
+    if not whole_number(batch_size) or batch_size < 1:
         raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
     reader = open_dataarray(da, meta, bands)
     info = reader.info

@@ -74,6 +74,11 @@ class Tile:
     cell: Window
 
 
+def whole_number(value: object) -> bool:
+    """An int (NumPy's too), not a bool: what a count of pixels, tiles or cells must be."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class TileGrid:
     """The prediction grid over a ``height x width`` raster, in row-major order."""
@@ -90,7 +95,7 @@ class TileGrid:
             raise ConfigError(f"raster size must be positive, got {self.height}x{self.width}")
         if self.tile_size < 1:
             raise ConfigError(f"tile size must be positive, got {self.tile_size}")
-        if isinstance(self.stride, bool) or not isinstance(self.stride, int | np.integer):
+        if not whole_number(self.stride):
             raise ConfigError(f"stride must be a whole number of pixels, got {self.stride!r}")
         if not 1 <= self.step <= self.tile_size:
             raise ConfigError(
