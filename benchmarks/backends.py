@@ -4,14 +4,14 @@ Uses the FP32 and per-channel INT8 bundles of benchmarks/quantization.py (run it
 exports both to TorchScript and ONNX, and also builds the alternative INT8 ONNX path (ONNX
 Runtime static quantization of the FP32 graph: QDQ, signed 8-bit, per channel, after
 ``quant_pre_process``, calibrated on the same diverse tiles) to compare it with the export of
-the torch INT8 model. The INT8 bundle runs on the torch backend twice: on the kernels it loads with
-here (oneDNN on AVX-512 VNNI CPUs) and on fbgemm's, the engine it was calibrated for. Timings
-alternate backends in blocks within one process; then the fastest INT8 and FP32 paths at batch
-32 on 2 threads are timed again alone, A against B alternated, for the headline ratio.
-Start-up is a whole fresh interpreter: import, load, first batch. Last, ``predict`` maps the
-1536² scene no test uses at stride 16 through every file ``export`` wrote (not the QDQ
-alternative, which it does not write) and the torch backend, and counts the output cells
-where each agrees with the torch backend's map.
+the torch INT8 model. The INT8 bundle runs on the torch backend twice: on the kernels it loads
+with here (oneDNN on x86 CPUs with AVX2 or AVX-512) and on fbgemm's, the engine it was
+calibrated for. Timings alternate backends in blocks within one process; then the fastest INT8
+and FP32 paths at batch 32 on 2 threads are timed again alone, A against B alternated, for the
+headline ratio. Start-up is a whole fresh interpreter: import, load, first batch. Last,
+``predict`` maps the 1536² scene no test uses at stride 16 through every file ``export`` wrote
+(not the QDQ alternative, which it does not write) and the torch backend, and counts the output
+cells where each agrees with the torch backend's map.
 
     python benchmarks/backends.py [--out benchmarks/results] [--repeats 20]
 """
@@ -32,7 +32,7 @@ from georaster_quant.arch import DEFAULT_ARCH
 from georaster_quant.backend import TorchBackend, open_backend
 from georaster_quant.bundle import Bundle, read_meta
 from georaster_quant.calibration import CalibrationDataReader, choose_calibration_tiles
-from georaster_quant.export import export_bundle
+from georaster_quant.export import EXPORT_KEY, export_bundle
 from georaster_quant.predict import NODATA_CLASS
 
 STARTUP = """
@@ -85,10 +85,16 @@ def ort_qdq(fp32_onnx: Path, out: Path, tiles: np.ndarray) -> Path:
         weight_type=QuantType.QInt8,
         nodes_to_exclude=normalize,
     )
-    # Keep our metadata on the re-quantized graph so the ONNX Runtime backend can load it.
+    # Keep our metadata on the re-quantized graph so the ONNX Runtime backend can load it,
+    # without the FP32 graph's content checksum (a file recording none is taken as it is).
     src, dst = onnx.load(str(fp32_onnx)), onnx.load(str(out))
     for p in src.metadata_props:
-        dst.metadata_props.add(key=p.key, value=p.value)
+        value = p.value
+        if p.key == EXPORT_KEY:
+            value = json.dumps(
+                {k: v for k, v in json.loads(value).items() if k != "content_sha256"}
+            )
+        dst.metadata_props.add(key=p.key, value=value)
     onnx.save(dst, str(out))
     return out
 

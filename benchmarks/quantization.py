@@ -30,7 +30,8 @@ from georaster_quant.synth import SceneSpec, generate_scene
 from georaster_quant.training import TrainConfig, train
 
 QUANT_TYPES = ("fp16", "dynamic_int8", "static_int8", "per_channel_int8", "qat_int8")
-FBGEMM_ROWS = ("static_int8", "per_channel_int8")
+ENGINE_ROWS = ("static_int8", "per_channel_int8")
+ENGINES = ("fbgemm", "onednn")
 
 
 def main() -> None:
@@ -110,6 +111,7 @@ def main() -> None:
     loaded = {k: Bundle(p) for k, p in bundles.items()}
     calib = choose_calibration_tiles([scene], loaded["fp32"].meta, 32).tiles
     latency = {}
+    engines = [e for e in ENGINES if e in torch.backends.quantized.supported_engines]
     for threads in (1, 2):
         # Torch as predict runs it (TorchBackend: the inference form of each model, and the
         # batch layout it asks for), against ONNX Runtime FP32 on NCHW batches. Each thread
@@ -121,8 +123,13 @@ def main() -> None:
         }
         for qt in QUANT_TYPES:
             runners[qt] = TorchBackend(Bundle(bundles[qt]), threads)
-        for qt in FBGEMM_ROWS:  # the kernels they were calibrated for (see kernel_engine)
-            runners[f"{qt}_fbgemm"] = TorchBackend(Bundle(bundles[qt], engine="fbgemm"), threads)
+        # Both engines' kernels for the static types, whichever kernel_engine picks here:
+        # the measurement that picks it.
+        for qt in ENGINE_ROWS:
+            for engine in engines:
+                runners[f"{qt}_{engine}"] = TorchBackend(
+                    Bundle(bundles[qt], engine=engine), threads
+                )
         # The same backend handed NCHW batches (a plain function asks for no layout): what
         # the layout is worth.
         runners["per_channel_int8_nchw"] = runners["per_channel_int8"].__call__
@@ -171,7 +178,7 @@ def main() -> None:
         )
     for name, label in [
         ("fp32_onnxruntime", "fp32 (ONNX Runtime)"),
-        *((f"{qt}_fbgemm", f"{qt} (fbgemm kernels)") for qt in FBGEMM_ROWS),
+        *((f"{qt}_{e}", f"{qt} ({e} kernels)") for qt in ENGINE_ROWS for e in engines),
         ("per_channel_int8_nchw", "per_channel_int8 (NCHW batches)"),
     ]:
         lat = {k: v[name] for k, v in latency.items()}
