@@ -482,12 +482,15 @@ def onednn_convolutions(capfd, module: torch.nn.Module, tiles: np.ndarray) -> in
     return sum("exec" in line and "convolution" in line for line in log)
 
 
-@pytest.mark.parametrize("vnni", [True, False])
-def test_kernel_engine_follows_the_cpu(monkeypatch, vnni: bool) -> None:
-    monkeypatch.setattr(q, "_has_avx512_vnni", lambda: vnni)
+@pytest.mark.parametrize(
+    ("capability", "faster"), [("AVX2", True), ("AVX512", True), ("DEFAULT", False)]
+)
+def test_kernel_engine_follows_the_cpu(monkeypatch, capability: str, faster: bool) -> None:
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert q._onednn_is_faster() is faster
     for quant_type in q.STATIC_TYPES:
         for calibrated in ("fbgemm", "x86"):
-            expected = "onednn" if vnni and ONEDNN else calibrated
+            expected = "onednn" if faster and ONEDNN else calibrated
             assert q.kernel_engine(quant_type, calibrated) == expected
         assert q.kernel_engine(quant_type, "qnnpack") == "qnnpack"  # not a 7-bit calibration
     assert q.kernel_engine("dynamic_int8", "fbgemm") == "fbgemm"
@@ -495,7 +498,7 @@ def test_kernel_engine_follows_the_cpu(monkeypatch, vnni: bool) -> None:
 
 
 def test_environment_variable_forces_the_kernels(monkeypatch) -> None:
-    monkeypatch.setattr(q, "_has_avx512_vnni", lambda: True)
+    monkeypatch.setattr(q, "_onednn_is_faster", lambda: True)
     monkeypatch.setenv(q.ENGINE_VARIABLE, "fbgemm")
     assert q.kernel_engine("per_channel_int8", "fbgemm") == "fbgemm"
     assert q.kernel_engine("per_channel_int8", "fbgemm", requested="qnnpack") == "qnnpack"

@@ -41,8 +41,9 @@ TARGET_TYPES = tuple(t for t in QUANT_TYPES if t != "fp32")
     default="fbgemm",
     show_default=True,
     help="Engine to calibrate for (its qconfig). When an fbgemm or x86 static or QAT bundle "
-    "loads on a CPU with AVX-512 VNNI, torch runs it on oneDNN's kernels (1.5-2.9x faster "
-    "here); otherwise on this engine's. GEORASTER_QUANT_INT8_ENGINE=ENGINE forces the kernels.",
+    "loads on an x86 CPU with AVX2 or AVX-512, torch runs it on oneDNN's kernels (1.4-2.9x "
+    "faster there); otherwise on this engine's. GEORASTER_QUANT_INT8_ENGINE=ENGINE forces the "
+    "kernels.",
 )
 @click.option(
     "--observer",
