@@ -566,14 +566,18 @@ def test_a_stopped_run_cleans_up_and_says_so(tmp_path: Path, sig: str, code: int
     from synth_helpers import cli_executable
 
     out = tmp_path / "scene"
-    # A shell starts background jobs with SIGINT ignored, and Python then keeps ignoring it,
-    # as a program should: the child gets the default disposition whatever ran pytest.
-    proc = subprocess.Popen(
-        [*cli_executable(), "synth", str(out), "--width", "2048", "--height", "2048",
-         "--chunk", "16", "--workers", "1", "-q"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )  # fmt: skip
+    # A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored
+    # across exec (Python then keeps it so, as a program should). A caught one is reset to
+    # the default, so SIGINT is caught here while the child starts, whatever ran pytest.
+    caught = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [*cli_executable(), "synth", str(out), "--width", "2048", "--height", "2048",
+             "--chunk", "16", "--workers", "1", "-q"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, caught)
     deadline = time.monotonic() + 60
     while not (out.is_dir() and dot_files(out)) and time.monotonic() < deadline:
         time.sleep(0.05)  # until it writes its temporaries
